@@ -1,0 +1,257 @@
+"""Validation and row building for enqueue, shared by the sync and async entry points.
+
+Everything here runs before any SQL is sent, so bad input is refused with a typed error
+and the caller's transaction is untouched. The entry points in ``_app`` only pick a
+connection and execute the statement built here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from ._errors import ArgsTooLarge, InvalidArgs, InvalidName, InvalidOption, SchemaNotReady
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
+SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
+PRIORITY_RANGE = range(-32768, 32768)
+
+
+def check_name(kind: str, value: object, pattern: re.Pattern[str], hint: str) -> str:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise InvalidName(f"invalid {kind} name {value!r}: {hint}")
+    return value
+
+
+def check_queue(value: object) -> str:
+    return check_name(
+        "queue", value, QUEUE_NAME,
+        "use 1-63 characters from letters, digits, '_', '.', ':' and '-', "
+        "starting with a letter or digit",
+    )
+
+
+def check_task_name(value: object) -> str:
+    return check_name(
+        "task", value, TASK_NAME,
+        "use 1-255 characters from letters, digits, '_', '.', ':', '<', '>' and '-', "
+        "starting with a letter or '_' (pass @app.job(name=...) to choose one)",
+    )
+
+
+def check_schema(value: object) -> str:
+    return check_name(
+        "schema", value, SCHEMA_NAME,
+        "use 1-50 characters from letters, digits and '_', starting with a letter or '_'",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """Per-task defaults, overridable per enqueue with ``task.options(...)``."""
+
+    queue: str = "default"
+    """Queue the job goes to; workers choose queues with ``--queues``."""
+    priority: int = 0
+    """Lower runs first within a queue (-32768..32767)."""
+    max_attempts: int = 25
+    """Attempts before the job is dead (1 or more). Recoveries after a lost worker do not
+    count as attempts."""
+    run_at: datetime | None = None
+    """Do not start before this time (timezone-aware). Exclusive with ``run_in``."""
+    run_in: timedelta | None = None
+    """Do not start before the database's now() plus this delay. Exclusive with ``run_at``."""
+    expires_at: datetime | None = None
+    """Never start after this time: the job ends ``expired``. Exclusive with ``expires_in``."""
+    expires_in: timedelta | None = None
+    """Expire this long after the job's run_at (Sidekiq's semantics)."""
+
+    def __post_init__(self) -> None:
+        check_queue(self.queue)
+        if type(self.priority) is not int or self.priority not in PRIORITY_RANGE:
+            raise InvalidOption(f"priority must be an int in -32768..32767, not {self.priority!r}")
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise InvalidOption(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
+        _exclusive(self, "run_at", "run_in")
+        _exclusive(self, "expires_at", "expires_in")
+        for name in ("run_at", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, datetime) or value.utcoffset() is None
+            ):
+                raise InvalidOption(
+                    f"{name} must be a timezone-aware datetime (for example "
+                    f"datetime.now(timezone.utc) + ...), not {value!r}"
+                )
+        if self.run_in is not None and not isinstance(self.run_in, timedelta):
+            raise InvalidOption(f"run_in must be a timedelta, not {self.run_in!r}")
+        if self.expires_in is not None and (
+            not isinstance(self.expires_in, timedelta) or self.expires_in <= timedelta(0)
+        ):
+            raise InvalidOption(f"expires_in must be a positive timedelta, not {self.expires_in!r}")
+
+    def merge(self, changes: Mapping[str, Any]) -> JobOptions:
+        """A copy with ``changes``; setting one of an exclusive pair clears the other."""
+        unknown = set(changes) - OPTION_NAMES
+        if unknown:
+            raise InvalidOption(
+                f"unknown option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(OPTION_NAMES))}"
+            )
+        updates = dict(changes)
+        for a, b in (("run_at", "run_in"), ("expires_at", "expires_in")):
+            if a in updates and b not in updates:
+                updates[b] = None
+            elif b in updates and a not in updates:
+                updates[a] = None
+        return replace(self, **updates)
+
+
+def _exclusive(opts: JobOptions, a: str, b: str) -> None:
+    if getattr(opts, a) is not None and getattr(opts, b) is not None:
+        raise InvalidOption(f"give {a} or {b}, not both")
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(JobOptions))
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What an enqueue returns."""
+
+    id: int
+    """The job's id in ``jobs``."""
+    duplicate: bool = False
+    """True when a unique key was already held: ``id`` is the holder's id."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArgsEncoder:
+    """Turns keyword arguments into the JSON text stored in ``jobs.args``."""
+
+    max_bytes: int | None
+    allowed: frozenset[str] | None = None
+    """Parameter names the handler accepts (None: any, it takes **kwargs)."""
+    required: frozenset[str] = field(default_factory=frozenset)
+    task: str = ""
+
+    def encode(self, kwargs: Mapping[str, Any]) -> str:
+        if not isinstance(kwargs, Mapping):
+            raise InvalidArgs(f"job args must be a mapping of keyword arguments, not {kwargs!r}")
+        self._check_signature(kwargs)
+        _check_json_value(kwargs, "args")
+        try:
+            text = json.dumps(kwargs, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgs(
+                f"job args for {self.task or 'task'} are not JSON-serialisable ({exc}); pass "
+                "plain str/int/float/bool/None, lists and dicts, e.g. ids rather than objects"
+            ) from None
+        if self.max_bytes is not None:
+            size = len(text.encode("utf-8"))
+            if size > self.max_bytes:
+                raise ArgsTooLarge(
+                    f"job args for {self.task or 'task'} are {size} bytes, over the limit of "
+                    f"{self.max_bytes}: store large data in your own table and pass its id "
+                    "(or raise App(max_args_bytes=...))"
+                )
+        return text
+
+    def _check_signature(self, kwargs: Mapping[str, Any]) -> None:
+        keys = kwargs.keys()
+        missing = self.required - keys
+        if missing:
+            raise InvalidArgs(f"{self.task}() is missing argument(s): {', '.join(sorted(missing))}")
+        if self.allowed is not None:
+            extra = keys - self.allowed
+            if extra:
+                raise InvalidArgs(
+                    f"{self.task}() got unexpected argument(s): {', '.join(sorted(extra))}"
+                )
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    """Reject what JSON would silently change or PostgreSQL would refuse."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidArgs(f"{path} contains a NUL character, which jsonb cannot store")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgs(f"{path} is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgs(
+                    f"{path} has a non-string key {key!r}; JSON objects only have string keys"
+                )
+            _check_json_value(key, f"{path} key")
+            _check_json_value(item, f"{path}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Column arrays for ``job_insert_many``, in input order."""
+
+    queue: list[str] = field(default_factory=list)
+    task: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    priority: list[int] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    run_at: list[datetime | None] = field(default_factory=list)
+    run_in: list[timedelta] = field(default_factory=list)
+    expires_at: list[datetime | None] = field(default_factory=list)
+    expires_in: list[timedelta | None] = field(default_factory=list)
+
+    def add(self, task: str, opts: JobOptions, args: str) -> None:
+        row = job_params(task, opts, args, channel="")
+        for name in ROW_COLUMNS:
+            getattr(self, name).append(row[name])
+
+    def params(self, channel: str) -> dict[str, Any]:
+        params: dict[str, Any] = {name: getattr(self, name) for name in ROW_COLUMNS}
+        params["channel"] = channel
+        return params
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+
+ROW_COLUMNS = tuple(f.name for f in fields(Rows))
+ZERO = timedelta(0)
+
+
+def job_params(task: str, opts: JobOptions, args: str, channel: str) -> dict[str, Any]:
+    """Parameters of ``job_insert`` for one job (times relative to the database clock)."""
+    return {
+        "queue": opts.queue,
+        "task": task,
+        "args": args,
+        "priority": opts.priority,
+        "max_attempts": opts.max_attempts,
+        "run_at": opts.run_at,
+        "run_in": opts.run_in or ZERO,
+        "expires_at": opts.expires_at,
+        "expires_in": opts.expires_in,
+        "channel": channel,
+    }
+
+
+@contextmanager
+def translated_errors(schema: str) -> Iterator[None]:
+    """Turn 'no such table' into an error that says to run ``pgjobs migrate``."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        raise SchemaNotReady(schema) from exc

@@ -1,0 +1,82 @@
+"""Every error pgjobs raises on purpose.
+
+::
+
+    PgJobsError
+    ├── ConfigurationError          the app or a command is set up wrongly
+    │   └── MissingDatabaseURL      no DSN given and PGJOBS_DATABASE_URL unset
+    ├── ValidationError             bad input, refused before any SQL is sent
+    │   ├── InvalidName             queue or task name outside the allowed pattern
+    │   ├── InvalidArgs             args not a JSON object of keyword arguments
+    │   ├── ArgsTooLarge            encoded args larger than ``App(max_args_bytes=...)``
+    │   └── InvalidOption           an option value out of range (priority, attempts, times)
+    ├── SchemaNotReady              the pgjobs tables are missing or older than this code
+    ├── UnknownTask                 a name that no ``@app.job`` registered
+    └── LeaseLost                   a write about a job whose lease this attempt no longer holds
+
+``ValidationError`` also derives from ``ValueError`` so that generic input handling keeps
+working. Every message says what to do next.
+"""
+
+from __future__ import annotations
+
+
+class PgJobsError(Exception):
+    """Base class of every error pgjobs raises on purpose."""
+
+
+class ConfigurationError(PgJobsError):
+    """The app, a task or a command is configured wrongly."""
+
+
+class MissingDatabaseURL(ConfigurationError):
+    """No database was named."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no database URL: pass App(dsn=...) or --dsn, or set PGJOBS_DATABASE_URL "
+            "(for a local server run `pgjobs dev start` and use the URL it prints)"
+        )
+
+
+class ValidationError(PgJobsError, ValueError):
+    """Input refused before any SQL was sent; nothing was written."""
+
+
+class InvalidName(ValidationError):
+    """A queue or task name outside the allowed pattern."""
+
+
+class InvalidArgs(ValidationError):
+    """Job arguments that are not a JSON object of keyword arguments."""
+
+
+class ArgsTooLarge(ValidationError):
+    """Encoded job arguments larger than the app's limit."""
+
+
+class InvalidOption(ValidationError):
+    """An enqueue or task option with a value out of range."""
+
+
+class SchemaNotReady(PgJobsError):
+    """The pgjobs schema is missing or not migrated to this version."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(
+            f"the pgjobs tables in schema {schema!r} are missing or out of date: "
+            "run `pgjobs migrate` (or apply the SQL from `pgjobs migrate --sql`)"
+        )
+        self.schema = schema
+
+
+class UnknownTask(PgJobsError):
+    """A task name that no ``@app.job`` registered in this process."""
+
+
+class LeaseLost(PgJobsError):
+    """This attempt no longer holds the job's lease; its write changed nothing.
+
+    Raised by fenced writes such as ``current_job().complete(conn)``: another attempt
+    owns the job now (or it was reclaimed), so the caller's transaction must roll back.
+    """

@@ -1,0 +1,99 @@
+"""Apply, print and revert pgjobs' alembic revisions (plain SQL, schema-local history)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TextIO
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg import sql
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from ._errors import ConfigurationError
+
+
+def script_location() -> Path:
+    """Where the revisions are: inside the wheel, or the checkout's migrations/ folder."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise ConfigurationError(
+        "pgjobs' migrations are missing from this installation; reinstall pgjobs"
+    )
+
+
+def _config(schema: str, output: TextIO | None = None) -> Config:
+    cfg = Config(output_buffer=output, stdout=output or io.StringIO())
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def _run_online(dsn: str, schema: str, action: str, target: str) -> None:
+    # NullPool + creator: any libpq DSN or URL works, through psycopg 3 only.
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+    )
+    try:
+        with engine.begin() as connection:
+            cfg = _config(schema)
+            cfg.attributes["connection"] = connection
+            getattr(command, action)(cfg, target)
+    finally:
+        engine.dispose()
+
+
+def upgrade(dsn: str, schema: str = "pgjobs", target: str = "head") -> None:
+    """Upgrade the schema to ``target`` (idempotent; concurrent runs are serialised)."""
+    _run_online(dsn, schema, "upgrade", target)
+
+
+def downgrade(dsn: str, schema: str, target: str) -> None:
+    """Revert to revision ``target`` (``base`` removes every pgjobs table)."""
+    _run_online(dsn, schema, "downgrade", target)
+
+
+def upgrade_sql(schema: str = "pgjobs", target: str = "head", start: str | None = None) -> str:
+    """The SQL that upgrades an empty schema (or ``start``) to ``target``, for a DBA."""
+    out = io.StringIO()
+    span = f"{start}:{target}" if start else target
+    command.upgrade(_config(schema, out), span, sql=True)
+    return out.getvalue()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config("pgjobs")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: psycopg.Connection[object], schema: str) -> str | None:
+    """The revision applied to ``schema`` (None when pgjobs was never migrated there)."""
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        (sql.Identifier(schema, "alembic_version").as_string(conn),),
+    ).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(schema, "alembic_version"))
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+__all__ = [
+    "MigrationContext",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "script_location",
+    "upgrade",
+    "upgrade_sql",
+]
