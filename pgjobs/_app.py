@@ -230,11 +230,16 @@ class Task(Generic[P, R]):
         here, becomes visible (and wakes workers) only when the caller commits, and
         vanishes on rollback. Without, it commits in a short transaction of the app's pool.
         """
-        params = job_params(self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel)
+        params = self._params(kwargs)
         if conn is None:
             with self.app.pool.connection() as own:
                 return self._insert(own, params)
         return self._insert(conn, params)
+
+    def _params(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        return job_params(
+            self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel
+        )
 
     def _insert(self, conn: AnyConnection, params: dict[str, Any]) -> Enqueued:
         with translated_errors(self.app.config.schema):
@@ -271,7 +276,7 @@ class Task(Generic[P, R]):
         self, aconn: AnyAsyncConnection | None = None, /, **kwargs: Any
     ) -> Enqueued:
         """:meth:`enqueue` on a psycopg ``AsyncConnection`` (None: the app's async pool)."""
-        params = job_params(self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel)
+        params = self._params(kwargs)
         if aconn is None:
             async with (await self.app.apool()).connection() as own:
                 return await self._insert_async(own, params)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +98,8 @@ def dev() -> None:
 
 
 def _dev_server(folder: str) -> LocalServer:
-    return LocalServer(Path(folder) / "data", bindir=os.environ.get("PGJOBS_DEV_BINDIR") or None)
+    bindir = os.environ.get("PGJOBS_DEV_BINDIR")
+    return LocalServer(Path(folder) / "data", bindir=Path(bindir) if bindir else None)
 
 
 dev_dir = click.option("--dir", "folder", default=".pgjobs", show_default=True,
@@ -145,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import ConfigurationError
 
@@ -120,13 +121,26 @@ class LocalServer:
     def url_for(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def _run(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, program: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         assert self.bindir is not None
         cmd = [str(self.bindir / program), *args]
-        return subprocess.run(
-            cmd, check=check, capture_output=True, text=True, user=self.user,
-            cwd="/", env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+        # Drop to the server user completely: uid, gid and supplementary groups (with
+        # root's gid left in place, group bits would apply to root-owned folders).
+        ids: dict[str, Any] = {}
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        result = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, cwd="/",
+            env={**os.environ, "LC_ALL": "C", "LANG": "C"}, **ids,
         )
+        if check and result.returncode != 0:
+            raise ConfigurationError(
+                f"{program} failed ({result.returncode}): {result.stderr.strip() or result.stdout}"
+            )
+        return result
 
     def init(self) -> None:
         if (self.datadir / "PG_VERSION").exists():

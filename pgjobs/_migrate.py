@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import psycopg
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine
@@ -74,7 +73,7 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(conn: psycopg.Connection[object], schema: str) -> str | None:
+def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
     """The revision applied to ``schema`` (None when pgjobs was never migrated there)."""
     exists = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL",
@@ -87,13 +86,3 @@ def current_revision(conn: psycopg.Connection[object], schema: str) -> str | Non
     ).fetchone()
     return None if row is None else str(row[0])
 
-
-__all__ = [
-    "MigrationContext",
-    "current_revision",
-    "downgrade",
-    "head_revision",
-    "script_location",
-    "upgrade",
-    "upgrade_sql",
-]

@@ -70,7 +70,7 @@ NAMES = ("job_insert", "job_insert_many", "job_get")
 @cache
 def compose(text: str, schema: str) -> sql.Composed:
     """``text`` with its ``{schema}`` placeholder bound to the quoted schema name."""
-    return sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+    return sql.SQL(text).format(schema=sql.Identifier(schema))
 
 
 class Queries:

@@ -1,0 +1,43 @@
+# pgjobs developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PG15   := /usr/lib/postgresql/15/bin
+# Parallel test processes (pytest-xdist); the machine has 2 cores.
+JOBS   ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-pg15 lint demo chaos clean
+
+help: ## Show this list
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv with pgjobs (editable) and its dev extra
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $(STAMP)
+
+test: install ## Run the test suite against a throwaway PostgreSQL it starts itself
+	$(BIN)/pytest -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+
+test-pg15: install ## The database tests again, on Debian's PostgreSQL 15 (if installed)
+	@if [ -x $(PG15)/postgres ]; then \
+		PGJOBS_TEST_BINDIR=$(PG15) $(BIN)/pytest -n $(JOBS) --dist loadgroup -m "not slow" $(PYTEST_ARGS); \
+	else echo "PostgreSQL 15 binaries not found under $(PG15); skipping"; fi
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check pgjobs tests migrations examples
+	$(BIN)/mypy
+
+demo: install ## Start the embedded PostgreSQL, migrate, and run the demo
+	$(BIN)/python examples/quickstart/demo.py
+
+chaos: install ## The fault-injection suite at full size
+	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos $(PYTEST_ARGS)
+
+clean: ## Stop the local server and remove build output (keeps .venv)
+	-$(BIN)/pgjobs dev stop
+	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache
