@@ -25,25 +25,36 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._executor import JobTimeout
+from ._job import Cancel, JobContext, Retry, Snooze, current_job
+from ._worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
     "ArgsTooLarge",
+    "Cancel",
     "Config",
     "ConfigurationError",
     "Enqueued",
     "InvalidArgs",
     "InvalidName",
     "InvalidOption",
+    "JobContext",
     "JobOptions",
+    "JobTimeout",
     "LeaseLost",
     "MissingDatabaseURL",
     "PgJobsError",
+    "Retry",
     "SchemaNotReady",
+    "Snooze",
     "Task",
     "UnknownTask",
     "ValidationError",
+    "Worker",
+    "WorkerConfig",
     "__version__",
+    "current_job",
 ]

@@ -96,7 +96,18 @@ class App:
         ``priority`` (0, lower first), ``max_attempts`` (25), ``run_at`` / ``run_in``,
         ``expires_at`` / ``expires_in``. ``name`` defaults to ``module.qualname``; give
         one explicitly when producers enqueue by name or the module may move.
+
+        Handler settings (used by the worker, not stored with the job): ``timeout``
+        (seconds; an async handler is cancelled, a sync one is asked to stop through
+        ``current_job().should_stop`` and its attempt fails when it returns) and
+        ``retry_backoff`` (``attempt -> seconds`` before the next try).
         """
+        timeout = options.pop("timeout", None)
+        retry_backoff = options.pop("retry_backoff", None)
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise InvalidOption(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if retry_backoff is not None and not callable(retry_backoff):
+            raise InvalidOption("retry_backoff must be a callable: attempt -> seconds")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             task_name = check_task_name(name or f"{func.__module__}.{func.__qualname__}")
@@ -105,6 +116,8 @@ class App:
                     f"task name {task_name!r} is registered twice; pass @app.job(name=...)"
                 )
             task: Task[P, R] = Task(self, task_name, JobOptions().merge(options), func)
+            task.timeout = None if timeout is None else float(timeout)
+            task.retry_backoff = retry_backoff
             self.tasks[task_name] = task
             return task
 
@@ -194,7 +207,7 @@ class App:
 class Task(Generic[P, R]):
     """A registered handler plus enqueue defaults. Calling it runs the function directly."""
 
-    __slots__ = ("app", "encoder", "fn", "name", "opts")
+    __slots__ = ("app", "encoder", "fn", "name", "opts", "retry_backoff", "timeout")
 
     def __init__(
         self, app: App, name: str, opts: JobOptions, fn: Callable[P, R] | None,
@@ -205,6 +218,8 @@ class Task(Generic[P, R]):
         self.opts = opts
         self.fn = fn
         self.encoder = encoder or _encoder_for(app, name, fn)
+        self.timeout: float | None = None
+        self.retry_backoff: Callable[[int], float] | None = None
 
     def __repr__(self) -> str:
         return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
@@ -221,7 +236,9 @@ class Task(Generic[P, R]):
     def options(self, **changes: Any) -> Task[P, R]:
         """A copy with other enqueue options: queue, priority, max_attempts, run_at,
         run_in, expires_at, expires_in."""
-        return Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
+        copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
+        copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
+        return copy
 
     def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
         """Enqueue one job with keyword ``kwargs``.

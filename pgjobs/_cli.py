@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import logging
 import os
-from dataclasses import dataclass
+import signal
+import sys
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__, _migrate
+from ._app import App
 from ._devserver import LocalServer
 from ._enqueue import check_schema
-from ._errors import MissingDatabaseURL, PgJobsError
+from ._errors import ConfigurationError, MissingDatabaseURL, PgJobsError
+from ._worker import Worker, WorkerConfig
 
 
 @dataclass
@@ -79,6 +87,104 @@ def migrate(obj: Context, print_sql: bool, downgrade: str | None, start: str | N
         return
     _migrate.upgrade(obj.dsn, obj.schema)
     click.echo(f"pgjobs schema {obj.schema!r} is at revision {_migrate.head_revision()}")
+
+
+# -- pgjobs worker ------------------------------------------------------------------------
+
+
+def load_app(spec: str) -> App:
+    """Import ``pkg.module:attribute`` (the current directory is importable)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app must look like pkg.module:app, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r} for --app: {exc}") from exc
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+    if not isinstance(target, App):
+        raise ConfigurationError(f"{spec!r} is not a pgjobs.App (found {type(target).__name__})")
+    return target
+
+
+def _queues(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return tuple(q.strip() for q in value.split(",") if q.strip())
+
+
+@cli.command()
+@click.option("--app", "app_spec", required=True, envvar="PGJOBS_APP", show_envvar=True,
+              metavar="PKG.MODULE:APP", help="The pgjobs.App whose tasks this worker runs.")
+@click.option("--queues", envvar="PGJOBS_QUEUES", show_envvar=True, metavar="A,B",
+              help="Queues to claim from. Default: every queue of the app's tasks, plus default.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True,
+              envvar="PGJOBS_CONCURRENCY", show_envvar=True, help="Jobs run at once.")
+@click.option("--lease", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              envvar="PGJOBS_LEASE", show_envvar=True,
+              help="Seconds a claim lasts without heartbeat (renewed every lease/3).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=25.0,
+              show_default=True, envvar="PGJOBS_SHUTDOWN_TIMEOUT", show_envvar=True,
+              help="Seconds running jobs get after SIGTERM before they are released.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0,
+              show_default=True, envvar="PGJOBS_POLL_INTERVAL", show_envvar=True,
+              help="Seconds between polls when no notification arrives.")
+@click.option("--recovery-budget", type=click.IntRange(min=0), default=3, show_default=True,
+              envvar="PGJOBS_RECOVERY_BUDGET", show_envvar=True,
+              help="Recoveries after lost workers before a job is dead.")
+@click.option("--listen/--no-listen", default=True, show_default=True,
+              envvar="PGJOBS_LISTEN", show_envvar=True,
+              help="LISTEN for new jobs (turn off behind a transaction-mode PgBouncer).")
+@click.option("--burst", is_flag=True, envvar="PGJOBS_BURST", show_envvar=True,
+              help="Exit once no due job is left.")
+@click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
+              show_envvar=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.pass_obj
+def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
+           shutdown_timeout: float, poll_interval: float, recovery_budget: int, listen: bool,
+           burst: bool, log_level: str) -> None:
+    """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
+
+    \b
+    Signals: SIGTERM/SIGINT stop claiming and wait --shutdown-timeout for running jobs,
+    then release the rest (their attempt is not counted); a second one stops at once.
+    SIGTSTP quiets the worker (no new claims) until it is stopped.
+    """
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = load_app(app_spec)
+    if app.config.dsn is None and obj.dsn_option:
+        app.config = replace(app.config, dsn=obj.dsn_option)
+    app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
+    config = WorkerConfig(
+        queues=_queues(queues), concurrency=concurrency, lease=lease,
+        shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
+        recovery_budget=recovery_budget, listen=listen,
+    )
+    asyncio.run(_run_worker(Worker(app, config)))
+    # A sync handler that ignores should_stop keeps its thread; do not wait for it.
+    if any(t.name.startswith("pgjobs-job") and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        os._exit(0)
+
+
+async def _run_worker(w: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def stop() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        w.stop(immediately=signals_seen > 1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGTSTP, w.quiet)
+    await w.run()
 
 
 # -- pgjobs dev --------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""A worker's database connections: one per role, reconnected with backoff when lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("pgjobs.worker")
+
+# Errors after which the connection is discarded and the work retried on a new one:
+# the server restarted, a backend was terminated, or the network failed.
+TRANSIENT = (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError)
+
+
+class Connector:
+    """Owns one autocommit connection for one role (claim, complete, heartbeat, listen)."""
+
+    def __init__(self, dsn: str, role: str, prepare: bool = True) -> None:
+        self.dsn = dsn
+        self.role = role
+        self.prepare = prepare
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.failures = 0
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                prepare_threshold=0 if self.prepare else None,
+                application_name=f"pgjobs-{self.role}",
+            )
+            if self.failures:
+                log.info("reconnected %s connection after %d failure(s)", self.role, self.failures)
+            self.failures = 0
+        return self.conn
+
+    async def backoff(self, exc: BaseException) -> None:
+        """Drop the connection after ``exc`` and sleep before the next try."""
+        self.failures += 1
+        delay = min(5.0, 0.05 * 2 ** min(self.failures, 7)) * random.uniform(0.5, 1.0)
+        if self.failures == 1 or self.failures % 20 == 0:
+            log.warning("%s connection failed (%s); retrying in %.2f s",
+                        self.role, str(exc).strip().splitlines()[0] if str(exc) else exc, delay)
+        await self.close()
+        await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.close()

@@ -1,0 +1,200 @@
+"""Running one claimed job: a short pipeline of named steps that ends in one Outcome.
+
+    resolve_task -> invoke (async on the loop, sync on the thread pool, with timeout)
+                 -> classify (return value or exception -> Outcome)
+
+``outcome_row`` is the one place where an outcome becomes the values written to ``jobs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import random
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._errors import LeaseLost, UnknownTask
+from ._job import Cancel, ClaimedJob, JobContext, Retry, Snooze, _current
+
+if TYPE_CHECKING:
+    from ._app import App, Task
+
+# Outcome kinds. Each maps to one row shape in outcome_row().
+SUCCEEDED = "succeeded"
+RETRY = "retry"  # failed (or asked to Retry) with attempts left: available at now + delay
+DEAD = "dead"  # failed with attempts exhausted
+SNOOZED = "snoozed"  # available at now + delay, attempt refunded
+CANCELLED = "cancelled"
+RELEASED = "released"  # interrupted by shutdown: available now, attempt refunded
+LEASE_LOST = "lease_lost"  # another attempt owns the job: write nothing
+
+MAX_MESSAGE = 2_000
+MAX_TRACEBACK = 20_000
+
+
+class JobTimeout(Exception):
+    """A handler ran longer than its task's ``timeout``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: str
+    delay: float = 0.0
+    error: dict[str, Any] | None = None
+    result: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+def default_backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: polynomial growth with jitter, as Sidekiq
+    (about 16 s, 31 s, 96 s, 271 s, ... ; 25 attempts span about three weeks)."""
+    return float(attempt**4 + 15 + random.uniform(0, 10) * attempt)
+
+
+def error_entry(attempt: int, exc: BaseException) -> dict[str, Any]:
+    kind = type(exc)
+    text = "".join(traceback.format_exception(exc))
+    return {
+        "attempt": attempt,
+        "type": f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins."),
+        "message": str(exc)[:MAX_MESSAGE],
+        "traceback": text[-MAX_TRACEBACK:],
+    }
+
+
+def failure(job: ClaimedJob, exc: BaseException, backoff: Callable[[int], float]) -> Outcome:
+    """A failed attempt: retry after backoff while attempts remain, else dead."""
+    entry = error_entry(job.attempt, exc)
+    if job.attempt >= job.max_attempts:
+        return Outcome(DEAD, error=entry)
+    delay = exc.delay if isinstance(exc, Retry) and exc.delay else backoff(job.attempt)
+    return Outcome(RETRY, delay=max(0.0, delay), error=entry)
+
+
+def encode_result(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps({"unserialisable_result": repr(value)[:MAX_MESSAGE]})
+
+
+# (state, delay, attempt refund, error, result, meta) or None for "write nothing".
+Row = tuple[str, timedelta, int, str | None, str | None, str | None]
+
+
+def outcome_row(outcome: Outcome) -> Row | None:
+    """The one mapping from an outcome to the values ``job_complete_many`` writes."""
+    kind = outcome.kind
+    error = None if outcome.error is None else json.dumps(outcome.error, ensure_ascii=False)
+    meta = None if outcome.meta is None else json.dumps(outcome.meta, ensure_ascii=False)
+    delay = timedelta(seconds=outcome.delay)
+    if kind == SUCCEEDED:
+        return ("succeeded", delay, 0, None, outcome.result, None)
+    if kind == RETRY:
+        return ("available", delay, 0, error, None, None)
+    if kind == DEAD:
+        return ("dead", delay, 0, error, None, None)
+    if kind == SNOOZED:
+        return ("available", delay, 1, None, None, meta)
+    if kind == CANCELLED:
+        return ("cancelled", delay, 0, None, None, meta)
+    if kind == RELEASED:
+        return ("available", delay, 1, None, None, None)
+    if kind == LEASE_LOST:
+        return None
+    raise AssertionError(f"unknown outcome {kind!r}")
+
+
+class Executor:
+    """Runs claimed jobs of one app; sync handlers on a bounded thread pool."""
+
+    def __init__(self, app: App, threads: int) -> None:
+        self.app = app
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pgjobs-job")
+
+    async def execute(self, job: ClaimedJob, ctx: JobContext) -> Outcome:
+        try:
+            task = self.resolve_task(job)
+        except UnknownTask as exc:
+            return failure(job, exc, default_backoff)
+        backoff = task.retry_backoff or default_backoff
+        try:
+            value = await self.invoke(task, job, ctx)
+        except asyncio.CancelledError:
+            return self.interrupted(job, ctx)
+        except LeaseLost:
+            return Outcome(LEASE_LOST)
+        except Snooze as exc:
+            return Outcome(SNOOZED, delay=exc.delay, meta={"snoozed": exc.reason or True})
+        except Cancel as exc:
+            return Outcome(CANCELLED, meta={"cancel_reason": exc.reason})
+        except Exception as exc:
+            if ctx.lease_lost:
+                return Outcome(LEASE_LOST)
+            return failure(job, exc, backoff)
+        if ctx.lease_lost:
+            return Outcome(LEASE_LOST)
+        return Outcome(SUCCEEDED, result=encode_result(value))
+
+    def resolve_task(self, job: ClaimedJob) -> Task[..., Any]:
+        """Only registered tasks run: a name read from the database is never imported."""
+        task = self.app.tasks.get(job.task)
+        if task is None or task.fn is None:
+            raise UnknownTask(
+                f"job {job.id} names task {job.task!r}, which this worker does not have "
+                "registered; deploy the code that registers it (jobs are retried meanwhile)"
+            )
+        return task
+
+    async def invoke(self, task: Task[..., Any], job: ClaimedJob, ctx: JobContext) -> Any:
+        token = _current.set(ctx)
+        try:
+            fn = task.fn
+            assert fn is not None
+            if task.is_async:
+                if task.timeout is None:
+                    return await fn(**job.args)
+                try:
+                    async with asyncio.timeout(task.timeout):
+                        return await fn(**job.args)
+                except TimeoutError:
+                    raise JobTimeout(f"timed out after {task.timeout} s") from None
+            call = functools.partial(contextvars.copy_context().run, fn, **job.args)
+            future = asyncio.get_running_loop().run_in_executor(self.pool, call)
+            if task.timeout is None:
+                return await asyncio.shield(future)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), task.timeout)
+            except TimeoutError:
+                # A thread cannot be killed: ask it to stop, keep its slot until it
+                # returns, and record the timeout whatever it returns.
+                ctx.stop_event.set()
+                await asyncio.shield(future)
+                raise JobTimeout(
+                    f"timed out after {task.timeout} s (sync handler ran to completion)"
+                ) from None
+        finally:
+            _current.reset(token)
+
+    @staticmethod
+    def interrupted(job: ClaimedJob, ctx: JobContext) -> Outcome:
+        if ctx.lease_lost:
+            return Outcome(LEASE_LOST)
+        return Outcome(RELEASED)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

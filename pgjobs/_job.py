@@ -1,0 +1,166 @@
+"""What a handler sees of its job: ``current_job()``, and the control-flow exceptions."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._errors import LeaseLost, PgJobsError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ._queries import Queries
+
+
+def _seconds(value: timedelta | float | int | None) -> float:
+    if value is None:
+        return 0.0
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise ValueError("a delay cannot be negative")
+    return seconds
+
+
+class Retry(Exception):
+    """Raise in a handler to retry later; the attempt counts toward ``max_attempts``."""
+
+    def __init__(self, in_: timedelta | float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        self.delay = _seconds(in_)
+        self.reason = reason
+
+
+class Snooze(Exception):
+    """Raise in a handler to run again after ``in_`` without counting an attempt."""
+
+    def __init__(self, in_: timedelta | float, reason: str = "") -> None:
+        super().__init__(reason or "snoozed")
+        self.delay = _seconds(in_)
+        self.reason = reason
+
+
+class Cancel(Exception):
+    """Raise in a handler to end the job as ``cancelled`` (no retry)."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "cancelled")
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """The columns a claim returns: only what execution needs."""
+
+    id: int
+    task: str
+    queue: str
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    lease_token: Any
+    recoveries: int
+    batch_id: int | None
+
+
+@dataclass(eq=False)
+class JobContext:
+    """The running job, from ``pgjobs.current_job()`` inside a handler."""
+
+    job: ClaimedJob
+    queries: Queries = field(repr=False)
+    lease_lost_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    completed: bool = False
+    """True once ``complete(conn)`` succeeded (it commits with the caller's transaction)."""
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    @property
+    def task(self) -> str:
+        return self.job.task
+
+    @property
+    def queue(self) -> str:
+        return self.job.queue
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.job.args
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt; recoveries after a lost worker do not count."""
+        return self.job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self.job.max_attempts
+
+    @property
+    def recoveries(self) -> int:
+        return self.job.recoveries
+
+    @property
+    def batch_id(self) -> int | None:
+        return self.job.batch_id
+
+    @property
+    def lease_lost(self) -> bool:
+        """True when this attempt lost its lease: another attempt may own the job now.
+        A sync handler should stop its side effects; its outcome will be dropped."""
+        return self.lease_lost_event.is_set()
+
+    @property
+    def should_stop(self) -> bool:
+        """True when the handler should wind down: lease lost, timeout, or shutdown."""
+        return self.stop_event.is_set()
+
+    def complete(self, conn: psycopg.Connection[Any], result: Any = None) -> None:
+        """Mark the job succeeded inside ``conn``'s transaction, fenced by the lease.
+
+        Write your effects and call this in one transaction to get them exactly once:
+        if this attempt no longer holds the lease, :class:`pgjobs.LeaseLost` is raised
+        and your transaction must roll back (a ``with conn:`` block does that).
+        """
+        row = conn.execute(self.queries.job_complete_fenced, self._params(result)).fetchone()
+        self._check(row)
+
+    async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
+        """:meth:`complete` on an ``AsyncConnection``."""
+        cursor = await aconn.execute(self.queries.job_complete_fenced, self._params(result))
+        self._check(await cursor.fetchone())
+
+    def _params(self, result: Any) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "token": self.job.lease_token,
+            "result": None if result is None else json.dumps(result),
+        }
+
+    def _check(self, row: object) -> None:
+        if row is None:
+            self.lease_lost_event.set()
+            self.stop_event.set()
+            raise LeaseLost(
+                f"job {self.job.id} attempt {self.job.attempt} no longer holds its lease; "
+                "roll back this transaction (another attempt owns the job)"
+            )
+        self.completed = True
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")
+
+
+def current_job() -> JobContext:
+    """The job being run by the calling handler (also in threads of sync handlers)."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise PgJobsError("current_job() is only available inside a running job handler") from None

@@ -1,0 +1,437 @@
+"""The worker against a real PostgreSQL: outcomes in-process with drain(), and crashes,
+signals and leases with real `pgjobs worker` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs import _executor
+from pgjobs._job import ClaimedJob, JobContext
+from pgjobs.testing import assert_enqueued, drain
+from tests.helpers import WorkerProcess, job_state, query, scalar, wait_until
+from tests.workerapps import basic
+from tests.workerapps.basic import HARNESS, app
+
+pytestmark = pytest.mark.xdist_group("worker")
+
+
+@pytest.fixture
+def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database with the harness tables; the test app points at it."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as c:
+        c.execute(HARNESS)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
+    yield fresh_dsn
+    app.close()
+
+
+@pytest.fixture
+def spawn(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **kwargs: object) -> WorkerProcess:
+        worker = WorkerProcess(dsn, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+        print(f"--- worker {worker.pid} log ---\n{worker.log()}")
+        worker.close()
+
+
+def enqueue(dsn: str, task: pgjobs.Task, **kwargs: object) -> int:  # type: ignore[type-arg]
+    with psycopg.connect(dsn) as conn:
+        return task.enqueue(conn, **kwargs).id
+
+
+def job(dsn: str, job_id: int) -> dict[str, object]:
+    with psycopg.connect(dsn, row_factory=psycopg.rows.dict_row) as c:
+        row = c.execute("SELECT * FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+# -- outcomes (in-process) ---------------------------------------------------------------
+
+
+def test_drain_runs_sync_and_async_handlers_and_stores_results(dsn: str) -> None:
+    a = enqueue(dsn, basic.double, x=21)
+    b = enqueue(dsn, basic.async_echo, value="hi")
+    stats = drain(app)
+    assert stats["succeeded"] == 2
+    assert job(dsn, a)["result"] == 42 and job(dsn, a)["state"] == "succeeded"
+    assert job(dsn, b)["result"] == {"echo": "hi"}
+    assert job(dsn, a)["attempt"] == 1 and job(dsn, a)["finished_at"] is not None
+    assert job(dsn, a)["lease_token"] is None
+
+
+def test_failures_retry_then_die_with_every_error_recorded(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.fail, message="kaput")
+    stats = drain(app)
+    assert stats == {"retry": 2, "dead": 1}
+    row = job(dsn, job_id)
+    assert row["state"] == "dead" and row["attempt"] == 3
+    errors = row["errors"]
+    assert isinstance(errors, list) and [e["attempt"] for e in errors] == [1, 2, 3]
+    for entry in errors:
+        assert entry["type"] == "ValueError" and entry["message"] == "kaput"
+        assert "Traceback" in entry["traceback"] and "kaput" in entry["traceback"]
+        assert entry["at"]
+
+
+def test_a_retry_that_succeeds_keeps_its_earlier_errors(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.flaky, fail_times=2)
+    drain(app)
+    row = job(dsn, job_id)
+    assert row["state"] == "succeeded" and row["result"] == 3 and row["attempt"] == 3
+    assert [e["message"] for e in row["errors"]] == [  # type: ignore[attr-defined]
+        "flaky failure 1", "flaky failure 2"]
+
+
+def test_default_backoff_grows_and_jitters() -> None:
+    waits = [_executor.default_backoff(n) for n in range(1, 8)]
+    assert waits == sorted(waits)
+    assert 15 <= waits[0] <= 26
+    assert len({_executor.default_backoff(3) for _ in range(20)}) > 1
+
+
+def test_retry_counts_the_attempt_and_schedules_from_the_database_clock(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.retry_later, seconds=600)
+    assert drain(app) == {"retry": 1}
+    row = job(dsn, job_id)
+    assert row["state"] == "available" and row["attempt"] == 1
+    delay = scalar(dsn, "SELECT run_at - (errors->-1->>'at')::timestamptz FROM pgjobs.jobs "
+                        "WHERE id = %s", job_id)
+    assert timedelta(seconds=599) < delay < timedelta(seconds=601)
+    assert row["errors"][-1]["type"] == "pgjobs._job.Retry"  # type: ignore[index]
+
+
+def test_snooze_does_not_count_an_attempt(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.snooze_once, seconds=0)
+    stats = drain(app)
+    assert stats == {"snoozed": 1, "succeeded": 1}
+    row = job(dsn, job_id)
+    assert row["state"] == "succeeded" and row["attempt"] == 1 and row["errors"] == []
+    later = enqueue(dsn, basic.snooze_once, seconds=3600)
+    drain(app)
+    row = job(dsn, later)
+    assert row["state"] == "available" and row["attempt"] == 0
+    assert scalar(dsn, "SELECT run_at > now() + interval '59 minutes' FROM pgjobs.jobs "
+                       "WHERE id = %s", later)
+
+
+def test_cancel_ends_the_job_with_its_reason(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.cancel_me, reason="customer left")
+    assert drain(app) == {"cancelled": 1}
+    row = job(dsn, job_id)
+    assert row["state"] == "cancelled" and row["meta"] == {"cancel_reason": "customer left"}
+    assert row["finished_at"] is not None
+
+
+def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        ghost = app.enqueue(conn, "os.system", command="rm -rf /").id
+        ok = basic.double.enqueue(conn, x=1).id
+    stats = drain(app)
+    assert stats["succeeded"] == 1 and stats["retry"] == 1
+    row = job(dsn, ghost)
+    assert row["state"] == "available" and row["attempt"] == 1
+    assert "'os.system'" in row["errors"][0]["message"]  # type: ignore[index]
+    assert row["errors"][0]["type"] == "pgjobs._errors.UnknownTask"  # type: ignore[index]
+    assert job_state(dsn, ok) == "succeeded"
+
+
+def test_timeouts_cancel_async_handlers_and_ask_sync_ones_to_stop(dsn: str) -> None:
+    a = enqueue(dsn, basic.slow_async)
+    s = enqueue(dsn, basic.slow_sync)
+    assert drain(app) == {"dead": 2}
+    for job_id in (a, s):
+        error = job(dsn, job_id)["errors"][0]  # type: ignore[index]
+        assert error["type"] == "pgjobs._executor.JobTimeout"
+
+
+def test_transactional_completion_writes_the_effect_once(dsn: str) -> None:
+    ids = [enqueue(dsn, basic.effect) for _ in range(5)]
+    assert drain(app) == {"succeeded": 5}
+    assert scalar(dsn, "SELECT count(*) FROM effects") == 5
+    assert all(job_state(dsn, i) == "succeeded" for i in ids)
+
+
+def test_concurrency_is_respected(dsn: str) -> None:
+    for _ in range(8):
+        enqueue(dsn, basic.busy, seconds=0.3)
+    drain(app, concurrency=3)
+    spans = query(dsn, "SELECT started_at, finished_at FROM attempts")
+    assert len(spans) == 8
+    most = max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans)
+    assert most <= 3
+
+
+def test_drain_leaves_future_jobs_and_other_queues(dsn: str) -> None:
+    later = basic.double.options(run_in=timedelta(hours=1))
+    elsewhere = basic.double.options(queue="elsewhere")
+    with psycopg.connect(dsn) as conn:
+        a = later.enqueue(conn, x=1).id
+        b = elsewhere.enqueue(conn, x=1).id
+        assert_enqueued(conn, basic.double, x=1)
+    assert drain(app, queues=("default",)) == {}
+    assert job_state(dsn, a) == "available" and job_state(dsn, b) == "available"
+    assert drain(app, queues=("elsewhere",)) == {"succeeded": 1}
+
+
+def test_expired_jobs_are_not_claimed(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        job_id = basic.double.options(expires_in=timedelta(seconds=1)).enqueue(conn, x=1).id
+        conn.execute("UPDATE pgjobs.jobs SET run_at = now() - interval '1 hour', "
+                     "expires_at = now() - interval '1 minute' WHERE id = %s", (job_id,))
+    assert drain(app) == {}
+    assert job_state(dsn, job_id) == "available"
+
+
+# -- fencing -----------------------------------------------------------------------------
+
+
+def claim(dsn: str, lease: float = 30.0, limit: int = 10) -> list[ClaimedJob]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        rows = c.execute(app.queries.job_claim, {
+            "queues": ["default"], "limit": limit, "lease": timedelta(seconds=lease),
+            "worker_id": None}).fetchall()
+    return [ClaimedJob(*row) for row in rows]
+
+
+def expire_and_reclaim(dsn: str, job_id: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("UPDATE pgjobs.jobs SET lease_expires_at = now() - interval '1 s' "
+                  "WHERE id = %s", (job_id,))
+        c.execute(app.queries.job_reclaim, {"limit": 100, "budget": 3})
+
+
+def complete_many(dsn: str, ctx: JobContext, outcome: _executor.Outcome) -> set[int]:
+    row = _executor.outcome_row(outcome)
+    assert row is not None
+    with psycopg.connect(dsn, autocommit=True) as c:
+        written = c.execute(app.queries.job_complete_many, {
+            "ids": [ctx.id], "tokens": [ctx.job.lease_token], "states": [row[0]],
+            "delays": [row[1]], "refunds": [row[2]], "errors": [row[3]],
+            "results": [row[4]], "metas": [row[5]]}).fetchall()
+    return {r[0] for r in written}
+
+
+def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.double, x=1)
+    (first,) = claim(dsn)
+    expire_and_reclaim(dsn, job_id)
+    (second,) = claim(dsn)
+    assert second.id == job_id and second.lease_token != first.lease_token
+    assert second.attempt == 1  # the lost attempt was refunded
+    stale = JobContext(first, app.queries)
+    assert complete_many(dsn, stale, _executor.Outcome("succeeded", result="1")) == set()
+    assert complete_many(dsn, stale, _executor.Outcome("dead", error={"m": 1})) == set()
+    with psycopg.connect(dsn) as conn, pytest.raises(pgjobs.LeaseLost):
+        stale.complete(conn)
+    assert stale.lease_lost
+    with psycopg.connect(dsn, autocommit=True) as c:
+        renewed = c.execute(app.queries.job_heartbeat, {
+            "ids": [job_id], "tokens": [first.lease_token],
+            "lease": timedelta(seconds=60), "worker_id": None}).fetchall()
+    assert renewed == []
+    row = job(dsn, job_id)
+    assert row["state"] == "running" and row["lease_token"] == second.lease_token
+    fresh = JobContext(second, app.queries)
+    assert complete_many(dsn, fresh, _executor.Outcome("succeeded", result="2")) == {job_id}
+    row = job(dsn, job_id)
+    assert row["state"] == "succeeded" and row["result"] == 2 and row["recoveries"] == 1
+    # A terminal state is absorbing: the stale attempt cannot flip it either.
+    assert complete_many(dsn, stale, _executor.Outcome("retry", error={"m": 1})) == set()
+    assert job_state(dsn, job_id) == "succeeded"
+
+
+def test_complete_in_a_rolled_back_transaction_leaves_the_job_running(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.double, x=1)
+    (claimed,) = claim(dsn)
+    ctx = JobContext(claimed, app.queries)
+    with psycopg.connect(dsn) as conn:
+        ctx.complete(conn)
+        conn.rollback()
+    assert job_state(dsn, job_id) == "running"
+    with psycopg.connect(dsn) as conn:
+        ctx.complete(conn, result={"ok": True})
+    assert job(dsn, job_id)["result"] == {"ok": True}
+
+
+def test_reclaim_races_a_completion_and_the_completion_stays(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.double, x=1)
+    (claimed,) = claim(dsn)
+    ctx = JobContext(claimed, app.queries)
+    query(dsn, "UPDATE pgjobs.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+          job_id)  # the lease lapsed, but no reclaim has run yet
+    reclaim = {"limit": 100, "budget": 3}
+    with psycopg.connect(dsn) as conn:
+        ctx.complete(conn)  # still fenced in: the token matches; the row is now locked
+        # A reclaim during the completion skips the locked row ...
+        with psycopg.connect(dsn, autocommit=True) as other:
+            assert other.execute(app.queries.job_reclaim, reclaim).fetchall() == []
+    # ... and after the commit the row no longer qualifies.
+    with psycopg.connect(dsn, autocommit=True) as other:
+        assert other.execute(app.queries.job_reclaim, reclaim).fetchall() == []
+    row = job(dsn, job_id)
+    assert row["state"] == "succeeded" and row["recoveries"] == 0
+
+
+def test_recovery_budget_makes_a_repeatedly_lost_job_dead(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.double, x=1)
+    for expected in ("available", "available", "available", "dead"):
+        claim(dsn)
+        expire_and_reclaim(dsn, job_id)
+        assert job_state(dsn, job_id) == expected
+    row = job(dsn, job_id)
+    assert row["recoveries"] == 4 and row["attempt"] == 0
+    assert "recovery budget of 3 exhausted" in row["errors"][-1]["message"]  # type: ignore[index]
+    assert row["errors"][-1]["type"] == "pgjobs.WorkerLost"  # type: ignore[index]
+
+
+def test_heartbeats_keep_a_job_longer_than_its_lease(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.busy, seconds=3.5)
+    assert drain(app, lease=1.0) == {"succeeded": 1}
+    row = job(dsn, job_id)
+    assert row["recoveries"] == 0 and row["attempt"] == 1 and row["result"] == "done"
+    assert scalar(dsn, "SELECT count(*) FROM attempts") == 1
+
+
+def test_lost_lease_cancels_async_handlers_and_tells_sync_ones(dsn: str) -> None:
+    sync_id = enqueue(dsn, basic.watch_lease, seconds=20)
+    async_id = enqueue(dsn, basic.async_busy, seconds=20)
+
+    async def scenario() -> object:
+        worker = pgjobs.Worker(app, pgjobs.WorkerConfig(lease=1.5, listen=False, burst=True))
+        run = asyncio.create_task(worker.run())
+        await asyncio.to_thread(wait_until, lambda: scalar(
+            dsn, "SELECT count(*) FROM attempts") == 2, 20, "both jobs to start")
+        # Another party takes the jobs over (as a reclaim plus a new claim would).
+        await asyncio.to_thread(query, dsn, "UPDATE pgjobs.jobs SET lease_token = "
+                                "gen_random_uuid() WHERE state = 'running'")
+        return await run
+
+    stats = asyncio.run(scenario())
+    assert stats == {"lease_lost": 2}
+    notes = [r[0] for r in query(dsn, "SELECT note FROM attempts WHERE note IS NOT NULL")]
+    assert notes == ["lease_lost=True"]
+    assert scalar(dsn, "SELECT finished_at IS NOT NULL FROM attempts WHERE job_id = %s",
+                  async_id)  # the async handler saw its cancellation
+    for job_id in (sync_id, async_id):
+        assert job_state(dsn, job_id) == "running"  # untouched: the new owner's to finish
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def test_a_sigkilled_workers_job_is_completed_by_another_after_the_lease(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    job_id = enqueue(dsn, basic.effect, sleep=60)
+    first = spawn("--lease", "2")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "first attempt")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    query(dsn, "UPDATE pgjobs.jobs SET args = '{\"sleep\": 0}' WHERE id = %s", job_id)
+    spawn("--lease", "2", "--poll-interval", "0.2")
+    wait_until(lambda: job_state(dsn, job_id) == "succeeded", 30, "the job to succeed")
+    row = job(dsn, job_id)
+    assert row["recoveries"] == 1 and row["attempt"] == 1
+    assert row["errors"][0]["type"] == "pgjobs.WorkerLost"  # type: ignore[index]
+    assert scalar(dsn, "SELECT count(*) FROM effects") == 1
+    assert scalar(dsn, "SELECT count(*) FROM attempts") == 2
+
+
+def test_sigterm_lets_running_jobs_finish_and_marks_the_worker_stopped(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    job_id = enqueue(dsn, basic.busy, seconds=1.0)
+    worker = spawn("--shutdown-timeout", "20")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "job start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert job_state(dsn, job_id) == "succeeded"
+    assert job(dsn, job_id)["result"] == "done"
+    assert query(dsn, "SELECT state, stopped_at IS NOT NULL FROM pgjobs.workers") == [
+        ("stopped", True)]
+
+
+def test_sigterm_releases_unfinished_jobs_without_spending_an_attempt(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    sync_id = enqueue(dsn, basic.stubborn, seconds=4)
+    async_id = enqueue(dsn, basic.async_busy, seconds=60)
+    worker = spawn("--shutdown-timeout", "0.5")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 2, 30, "jobs start")
+    worker.signal(signal.SIGTERM)
+    after = enqueue(dsn, basic.noop)  # no claims after SIGTERM
+    assert worker.wait(30) == 0
+    for job_id in (sync_id, async_id):
+        row = job(dsn, job_id)
+        assert row["state"] == "available" and row["attempt"] == 0, row
+        assert row["lease_token"] is None
+    assert job_state(dsn, after) == "available"
+    assert "released" in worker.log() or "interrupting" in worker.log()
+
+
+def test_sigtstp_quiets_the_worker(dsn: str, spawn: Callable[..., WorkerProcess]) -> None:
+    worker = spawn("--poll-interval", "0.1")
+    wait_until(lambda: scalar(dsn, "SELECT state FROM pgjobs.workers") == "running", 30,
+               "worker registration")
+    worker.signal(signal.SIGTSTP)
+    wait_until(lambda: scalar(dsn, "SELECT state FROM pgjobs.workers") == "quiet", 30,
+               "quiet state")
+    job_id = enqueue(dsn, basic.noop)
+    time.sleep(0.5)  # several poll intervals: a running worker would have claimed it
+    assert job_state(dsn, job_id) == "available"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_burst_worker_exits_when_the_queue_is_empty(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    ids = [enqueue(dsn, basic.double, x=i) for i in range(20)]
+    worker = spawn("--burst", "--concurrency", "4")
+    assert worker.wait(60) == 0
+    assert {job_state(dsn, i) for i in ids} == {"succeeded"}
+    log = worker.log()
+    assert "started: queues=default concurrency=4" in log
+    assert "outcome=succeeded" in log and "duration_ms=" in log
+
+
+def test_notifications_wake_an_idle_worker_long_before_its_poll(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    spawn("--poll-interval", "120")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.workers") == 1, 30, "worker")
+    time.sleep(0.5)  # let it finish its first poll and LISTEN
+    job_id = enqueue(dsn, basic.noop)
+    wait_until(lambda: job_state(dsn, job_id) == "succeeded", 30, "the notified job")
+
+
+def test_worker_command_errors_are_one_clear_line(dsn: str) -> None:
+    worker = WorkerProcess(dsn, app="workerapps.nope:app")
+    try:
+        assert worker.wait(30) == 1
+        assert "cannot import 'workerapps.nope'" in worker.log()
+    finally:
+        worker.close()
+    bad = WorkerProcess(dsn, "--queues", "bad queue!")
+    try:
+        assert bad.wait(30) == 1
+        assert "invalid queue name" in bad.log()
+    finally:
+        bad.close()
+

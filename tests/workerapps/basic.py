@@ -1,0 +1,178 @@
+"""Tasks used by the worker tests, in-process and in `pgjobs worker` subprocesses.
+
+Handlers log each execution to `attempts` on a separate autocommit connection (it counts
+runs, including ones whose transaction rolled back) and write `effects` in the job's own
+transaction with current_job().complete(conn) (one row per job = exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import psycopg
+
+import pgjobs
+
+app = pgjobs.App(schema=os.environ.get("PGJOBS_SCHEMA", "pgjobs"))
+
+HARNESS = """
+CREATE TABLE IF NOT EXISTS public.attempts (
+    job_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz,
+    note text
+);
+CREATE TABLE IF NOT EXISTS public.effects (job_id bigint PRIMARY KEY, pid int NOT NULL);
+"""
+
+
+def record_attempt(note: str | None = None) -> None:
+    job = pgjobs.current_job()
+    with psycopg.connect(app.dsn, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO public.attempts (job_id, attempt, pid, note) VALUES (%s, %s, %s, %s)",
+            (job.id, job.attempt, os.getpid(), note),
+        )
+
+
+def record_finish() -> None:
+    job = pgjobs.current_job()
+    with psycopg.connect(app.dsn, autocommit=True) as c:
+        c.execute(
+            "UPDATE public.attempts SET finished_at = clock_timestamp() "
+            "WHERE job_id = %s AND pid = %s AND finished_at IS NULL",
+            (job.id, os.getpid()),
+        )
+
+
+@app.job(name="noop")
+def noop() -> None:
+    pass
+
+
+@app.job(name="double")
+def double(x: int) -> int:
+    return x * 2
+
+
+@app.job(name="async_echo")
+async def async_echo(value: str) -> dict[str, str]:
+    await asyncio.sleep(0)
+    return {"echo": value}
+
+
+@app.job(name="effect")
+def effect(sleep: float = 0.0) -> None:
+    """Exactly-once effect: sleep (a crash window), then write and complete in one tx."""
+    record_attempt()
+    deadline = time.monotonic() + sleep
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    with psycopg.connect(app.dsn) as conn:
+        conn.execute(
+            "INSERT INTO public.effects (job_id, pid) VALUES (%s, %s)",
+            (pgjobs.current_job().id, os.getpid()),
+        )
+        pgjobs.current_job().complete(conn)
+    record_finish()
+
+
+@app.job(name="busy")
+def busy(seconds: float) -> str:
+    """A sync job that works for `seconds` and stops early when asked."""
+    record_attempt()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pgjobs.current_job().should_stop:
+            record_finish()
+            return "stopped"
+        time.sleep(0.02)
+    record_finish()
+    return "done"
+
+
+@app.job(name="async_busy")
+async def async_busy(seconds: float) -> str:
+    record_attempt()
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        record_finish()
+        raise
+    record_finish()
+    return "done"
+
+
+@app.job(name="stubborn")
+def stubborn(seconds: float) -> None:
+    """Ignores should_stop: only a hard exit ends it early."""
+    record_attempt()
+    time.sleep(seconds)
+    record_finish()
+
+
+@app.job(name="fail", max_attempts=3, retry_backoff=lambda attempt: 0.0)
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@app.job(name="flaky", retry_backoff=lambda attempt: 0.0)
+def flaky(fail_times: int) -> int:
+    attempt = pgjobs.current_job().attempt
+    if attempt <= fail_times:
+        raise RuntimeError(f"flaky failure {attempt}")
+    return attempt
+
+
+@app.job(name="retry_later")
+def retry_later(seconds: float) -> None:
+    raise pgjobs.Retry(in_=seconds, reason="not yet")
+
+
+@app.job(name="snooze_once")
+def snooze_once(seconds: float) -> str:
+    """Snoozes on its first run (seen in meta), then succeeds."""
+    with psycopg.connect(app.dsn, autocommit=True) as c:
+        row = c.execute(
+            f"SELECT meta ? 'snoozed' FROM {app.config.schema}.jobs WHERE id = %s",
+            (pgjobs.current_job().id,),
+        ).fetchone()
+    if row and not row[0]:
+        raise pgjobs.Snooze(seconds)
+    return "woke"
+
+
+@app.job(name="cancel_me")
+def cancel_me(reason: str) -> None:
+    raise pgjobs.Cancel(reason)
+
+
+@app.job(name="slow_async", timeout=0.2, retry_backoff=lambda attempt: 0.0, max_attempts=1)
+async def slow_async() -> None:
+    await asyncio.sleep(30)
+
+
+@app.job(name="slow_sync", timeout=0.2, retry_backoff=lambda attempt: 0.0, max_attempts=1)
+def slow_sync() -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not pgjobs.current_job().should_stop:
+        time.sleep(0.01)
+    return pgjobs.current_job().should_stop
+
+
+@app.job(name="watch_lease")
+def watch_lease(seconds: float) -> None:
+    """Waits until its lease is lost (or time runs out) and records what it saw."""
+    record_attempt()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not pgjobs.current_job().lease_lost:
+        time.sleep(0.02)
+    record_attempt(note=f"lease_lost={pgjobs.current_job().lease_lost}")
+
+
+@app.job(name="crash")
+def crash() -> None:
+    """Kills its own worker process, like a segfault or the OOM killer."""
+    record_attempt()
+    os._exit(77)
