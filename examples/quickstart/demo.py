@@ -1,0 +1,184 @@
+"""The quickstart demo that `make demo` runs: transactional enqueue on a local PostgreSQL.
+
+It starts (or reuses) the server in ./.pgjobs that `pgjobs dev start` manages, installs
+pgjobs' tables in a schema of its own (dropped and recreated on every run), enqueues jobs
+in a committed transaction, in a rolled-back one and with enqueue_many, then reads the
+jobs table back with plain SQL. It exits 1 if what it reads is not what it should be.
+Nothing runs the jobs: they stay `available`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import pgjobs
+from pgjobs import _migrate
+from pgjobs._devserver import LocalServer
+
+SCHEMA = "pgjobs_demo"  # pgjobs' tables, for this demo only
+SHOP = "pgjobs_demo_shop"  # the demo application's own table lives here
+
+problems: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    if not ok:
+        problems.append(what)
+
+
+def start_server() -> LocalServer:
+    """The same server and folder as `pgjobs dev start` (PGJOBS_DEV_BINDIR respected)."""
+    bindir = os.environ.get("PGJOBS_DEV_BINDIR")
+    server = LocalServer(Path(".pgjobs") / "data", bindir=Path(bindir) if bindir else None)
+    server.start()
+    return server
+
+
+def reset(url: str) -> None:
+    """Drop what the previous run left, create the shop's table, install pgjobs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for schema in (SCHEMA, SHOP):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SHOP)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.users (id bigint GENERATED ALWAYS AS IDENTITY, email text)")
+            .format(sql.Identifier(SHOP))
+        )
+    _migrate.upgrade(url, SCHEMA)
+
+
+server = start_server()
+url = server.url
+print(f"local PostgreSQL: {url}")
+reset(url)
+print(f"pgjobs tables in schema {SCHEMA!r} (revision {_migrate.head_revision()})\n")
+
+app = pgjobs.App(dsn=url, schema=SCHEMA)
+
+
+@app.job(name="send_welcome_email", queue="mail", max_attempts=5)
+def send_welcome_email(user_id: int) -> None:
+    print(f"welcome, user {user_id}")
+
+
+@app.job(name="resize_image", queue="images", priority=10)
+def resize_image(path: str, width: int) -> None:
+    print(f"resizing {path} to {width}px")
+
+
+INSERT_USER = sql.SQL("INSERT INTO {}.users (email) VALUES (%s) RETURNING id").format(
+    sql.Identifier(SHOP)
+)
+
+
+def create_user(conn: psycopg.Connection[Any], email: str) -> int:
+    row = conn.execute(INSERT_USER, (email,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class SignupFailed(Exception):
+    pass
+
+
+# Workers wake on NOTIFY; this connection listens on the same channel to show when the
+# notifications are delivered: at commit, and never for a rolled-back transaction.
+listener = psycopg.connect(url, autocommit=True)
+listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(app.config.channel)))
+
+
+def notified(expected: int) -> set[str]:
+    timeout = 2.0 if expected else 0.5
+    return {n.payload for n in listener.notifies(timeout=timeout, stop_after=expected or None)}
+
+
+print("1. a committed transaction: a user row and two jobs")
+with app.connect() as conn:  # commits when the block ends without an exception
+    ada = create_user(conn, "ada@example.com")
+    welcome = send_welcome_email.enqueue(conn, user_id=ada)
+    resize = resize_image.options(run_in=timedelta(minutes=5)).enqueue(
+        conn, path=f"avatars/{ada}.png", width=128
+    )
+    check(not notified(0), "no notification while the transaction is open")
+check(notified(2) == {"mail", "images"}, "one notification per queue, delivered at commit")
+
+print("2. a transaction that fails: the user row and its job roll back together")
+try:
+    with app.connect() as conn:  # rolls back when the block ends with an exception
+        bob = create_user(conn, "bob@example.com")
+        lost = send_welcome_email.enqueue(conn, user_id=bob)
+        raise SignupFailed("payment declined")
+except SignupFailed:
+    pass
+check(not notified(0), "no notification for the rolled-back job")
+
+print("3. enqueue_many: three jobs, one statement")
+with app.connect() as conn:
+    thumbs = resize_image.enqueue_many(
+        conn, [{"path": f"photos/{n}.jpg", "width": 640} for n in (1, 2, 3)]
+    )
+check(notified(1) == {"images"}, "one notification for the whole statement")
+listener.close()
+
+print(f"\nSELECT id, queue, task, args, state, run_at FROM {SCHEMA}.jobs ORDER BY id;")
+with app.connect() as conn:
+    rows = conn.execute(
+        sql.SQL("SELECT id, queue, task, args, state, run_at FROM {}.jobs ORDER BY id").format(
+            sql.Identifier(SCHEMA)
+        )
+    ).fetchall()
+    users = conn.execute(
+        sql.SQL("SELECT email FROM {}.users ORDER BY id").format(sql.Identifier(SHOP))
+    ).fetchall()
+    due = conn.execute(
+        sql.SQL("SELECT run_at > now() + interval '4 minutes' FROM {}.jobs WHERE id = %s").format(
+            sql.Identifier(SCHEMA)
+        ),
+        (resize.id,),
+    ).fetchone()
+app.close()
+
+print(f"  {'id':>3}  {'queue':<7} {'task':<19} {'args':<42} {'state':<10} run_at (UTC)")
+for id_, queue, task, args, state, run_at in rows:
+    print(
+        f"  {id_:>3}  {queue:<7} {task:<19} {json.dumps(args):<42} {state:<10} "
+        f"{run_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+    )
+print()
+
+by_id = {row[0]: row for row in rows}
+committed = [welcome.id, resize.id, *(t.id for t in thumbs)]
+check(sorted(by_id) == sorted(committed), f"exactly the committed jobs exist: ids {committed}")
+check(lost.id not in by_id, f"the rolled-back job (id {lost.id}) does not exist")
+check(users == [("ada@example.com",)], "only the committed user exists")
+welcome_row = by_id.get(welcome.id)
+check(
+    welcome_row is not None
+    and welcome_row[1:4] == ("mail", "send_welcome_email", {"user_id": ada}),
+    "queue, task and args are stored as given",
+)
+check(due is not None and due[0] is True, "run_in=5 minutes put run_at 5 minutes ahead")
+check(
+    [by_id[t.id][3]["path"] if t.id in by_id else None for t in thumbs]
+    == ["photos/1.jpg", "photos/2.jpg", "photos/3.jpg"],
+    "enqueue_many returns the ids in input order",
+)
+check(all(row[4] == "available" for row in rows), "every job is 'available' (no worker runs)")
+
+if problems:
+    print(f"\ndemo FAILED: {len(problems)} check(s) did not hold", file=sys.stderr)
+    sys.exit(1)
+print(
+    f"\nThe jobs wait in {SCHEMA}.jobs (the next run drops that schema). To look yourself:\n"
+    f"  {server.bindir}/psql {url} -c 'TABLE {SCHEMA}.queue_depth'\n"
+    "The server keeps running; `.venv/bin/pgjobs dev stop` stops it (data stays in .pgjobs/)."
+)
