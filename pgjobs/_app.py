@@ -6,7 +6,7 @@ import inspect
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
@@ -60,6 +60,9 @@ class Config:
         return f"pgjobs_{self.schema}"
 
 
+SETTING_NAMES = frozenset(f.name for f in fields(Config)) - {"dsn", "schema"}
+
+
 class App:
     """A pgjobs application: its database, its schema and its registered tasks.
 
@@ -68,6 +71,12 @@ class App:
     """
 
     def __init__(self, dsn: str | None = None, schema: str = "pgjobs", **settings: Any) -> None:
+        unknown = set(settings) - SETTING_NAMES
+        if unknown:
+            raise InvalidOption(
+                f"unknown App setting(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(SETTING_NAMES))}"
+            )
         self.config = Config(dsn=dsn, schema=schema, **settings)
         self.queries = Queries(schema)
         self.tasks: dict[str, Task[Any, Any]] = {}

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
+from alembic.util import CommandError as AlembicCommandError
 
 from . import __version__, _migrate
 from ._app import App
@@ -43,6 +45,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except PgJobsError as exc:
             raise click.ClickException(str(exc)) from exc
+        except AlembicCommandError as exc:  # e.g. an unknown revision for --downgrade
+            raise click.ClickException(f"migration failed: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise click.ClickException(f"cannot reach the database: {first}") from exc
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +83,8 @@ def migrate(obj: Context, print_sql: bool, downgrade: str | None, start: str | N
     deploy may run it. The version table lives in the pgjobs schema, apart from your
     application's own alembic history.
     """
+    if start and not print_sql:
+        raise click.UsageError("--from only applies with --sql")
     if print_sql:
         if downgrade:
             raise click.UsageError("--sql prints upgrades only; --downgrade applies directly")

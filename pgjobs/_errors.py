@@ -62,9 +62,9 @@ class InvalidOption(ValidationError):
 class SchemaNotReady(PgJobsError):
     """The pgjobs schema is missing or not migrated to this version."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, detail: str = "missing or out of date") -> None:
         super().__init__(
-            f"the pgjobs tables in schema {schema!r} are missing or out of date: "
+            f"the pgjobs tables in schema {schema!r} are {detail}: "
             "run `pgjobs migrate` (or apply the SQL from `pgjobs migrate --sql`)"
         )
         self.schema = schema

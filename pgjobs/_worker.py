@@ -28,7 +28,7 @@ from . import _failpoints
 from ._completer import Completer, Pending
 from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
-from ._errors import InvalidOption
+from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, elapsed_ms
 from ._job import ClaimedJob, JobContext
 from ._maintenance import Reclaimer
@@ -142,7 +142,14 @@ class Worker:
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         complete_db = Connector(dsn, "complete", prepare)
         self.completer = Completer(complete_db, self.queries, self._written)
-        self.worker_id = await self._register()
+        try:
+            await self._check_schema()
+            self.worker_id = await self._register()
+        except BaseException:
+            for db in (self.claim_db, self.beat_db, complete_db):
+                await db.close()
+            self.executor.shutdown()
+            raise
         log.info(
             "pgjobs worker %s started: queues=%s concurrency=%s lease=%ss burst=%s pid=%s",
             self.worker_id, ",".join(self.queues), self.config.concurrency,
@@ -159,6 +166,35 @@ class Worker:
         finally:
             await self._shutdown(background, [self.claim_db, self.beat_db, complete_db])
         return self.stats
+
+    async def _check_schema(self) -> None:
+        """Refuse to run against a schema older (or newer) than this code."""
+        from ._migrate import head_revision
+
+        schema = self.app.config.schema
+        version_table = sql.Identifier(schema, "alembic_version")
+        while True:
+            try:
+                conn = await self.claim_db.get()
+                cursor = await conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL", (version_table.as_string(None),)
+                )
+                row = await cursor.fetchone()
+                found = None
+                if row and row[0]:
+                    cursor = await conn.execute(
+                        sql.SQL("SELECT version_num FROM {}").format(version_table)
+                    )
+                    version = await cursor.fetchone()
+                    found = version[0] if version else None
+                break
+            except TRANSIENT as exc:
+                await self.claim_db.backoff(exc)
+        head = head_revision()
+        if found != head:
+            raise SchemaNotReady(
+                schema, "missing" if found is None else f"at revision {found}, not {head}"
+            )
 
     async def _register(self) -> int:
         params = {

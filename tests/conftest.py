@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     server = config.stash.get(_server_key, None)
     if server is not None:
         server.destroy()
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
 
 
 _server_key = pytest.StashKey[LocalServer]()

@@ -421,6 +421,12 @@ def test_notifications_wake_an_idle_worker_long_before_its_poll(
     wait_until(lambda: job_state(dsn, job_id) == "succeeded", 30, "the notified job")
 
 
+def test_a_worker_refuses_a_schema_at_another_revision(dsn: str) -> None:
+    query(dsn, "UPDATE pgjobs.alembic_version SET version_num = '0000'")
+    with pytest.raises(pgjobs.SchemaNotReady, match="at revision 0000, not 0001"):
+        drain(app)
+
+
 def test_worker_command_errors_are_one_clear_line(dsn: str) -> None:
     worker = WorkerProcess(dsn, app="workerapps.nope:app")
     try:
