@@ -11,10 +11,13 @@
 """
 
 from ._app import App, Config, Task
+from ._batches import Batch, BatchStatus
 from ._enqueue import Enqueued, JobOptions
 from ._errors import (
     ArgsTooLarge,
+    BatchFinished,
     ConfigurationError,
+    DuplicateJob,
     InvalidArgs,
     InvalidName,
     InvalidOption,
@@ -34,9 +37,13 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "ArgsTooLarge",
+    "Batch",
+    "BatchFinished",
+    "BatchStatus",
     "Cancel",
     "Config",
     "ConfigurationError",
+    "DuplicateJob",
     "Enqueued",
     "InvalidArgs",
     "InvalidName",

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
+import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from ._batches import Batch, BatchStatus, create_batch, get_status
+from ._db import TRANSIENT
 from ._enqueue import (
     ArgsEncoder,
     Enqueued,
     JobOptions,
     Rows,
+    SpecialRows,
     check_schema,
     check_task_name,
     job_params,
     translated_errors,
 )
-from ._errors import ConfigurationError, InvalidOption, MissingDatabaseURL, UnknownTask
+from ._errors import (
+    ConfigurationError,
+    DuplicateJob,
+    InvalidOption,
+    MissingDatabaseURL,
+    UnknownTask,
+)
 from ._queries import Queries
 
+log = logging.getLogger("pgjobs")
 P = ParamSpec("P")
 R = TypeVar("R")
 AnyConnection = psycopg.Connection[Any]
@@ -43,6 +59,9 @@ class Config:
     """Largest encoded args accepted by enqueue, in bytes. None: no limit."""
     pool_size: int = 4
     """Connections in the app's own pool, used by enqueue calls made without a connection."""
+    push_retries: int = 5
+    """Retries of an enqueue made without a connection when the connection fails
+    (backoff 0.1 s doubling to 3 s). A receipt makes each retry safe: no duplicate jobs."""
     prepare: bool = True
     """Prepare statements on pgjobs' own connections. Turn off behind PgBouncer < 1.21 in
     transaction mode. Connections you pass in keep their own ``prepare_threshold``."""
@@ -53,6 +72,8 @@ class Config:
             raise InvalidOption("max_args_bytes must be at least 2, or None for no limit")
         if self.pool_size < 1:
             raise InvalidOption("pool_size must be at least 1")
+        if self.push_retries < 0:
+            raise InvalidOption("push_retries cannot be negative")
 
     @property
     def channel(self) -> str:
@@ -199,6 +220,73 @@ class App:
             self._apool = pool
         return self._apool
 
+    # -- reliable push ------------------------------------------------------------------
+
+    def _push(self, statement: Statement) -> list[Enqueued]:
+        """Run ``statement`` in its own transaction on the pool, retrying transient
+        connection failures. A receipt committed with the jobs lets a retry after an
+        unknown commit outcome return the first try's jobs instead of enqueueing again."""
+        receipt = Receipt(self.queries)
+        for attempt in range(self.config.push_retries + 1):
+            try:
+                with self.pool.connection() as conn:
+                    if attempt:
+                        found = receipt.found(conn.execute(*receipt.get()).fetchone())
+                        if found is not None:
+                            return found
+                    results = statement.run(conn)
+                    conn.execute(*receipt.put(results))
+                return results
+            except TRANSIENT as exc:
+                if attempt == self.config.push_retries:
+                    raise
+                log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
+                time.sleep(push_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def _apush(self, statement: Statement) -> list[Enqueued]:
+        """:meth:`_push` on the async pool."""
+        receipt = Receipt(self.queries)
+        pool = await self.apool()
+        for attempt in range(self.config.push_retries + 1):
+            try:
+                async with pool.connection() as conn:
+                    if attempt:
+                        cursor = await conn.execute(*receipt.get())
+                        found = receipt.found(await cursor.fetchone())
+                        if found is not None:
+                            return found
+                    results = await statement.arun(conn)
+                    await conn.execute(*receipt.put(results))
+                return results
+            except TRANSIENT as exc:
+                if attempt == self.config.push_retries:
+                    raise
+                log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
+                await asyncio.sleep(push_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    # -- batches -----------------------------------------------------------------------
+
+    def batch(
+        self, conn: AnyConnection, description: str | None = None, *,
+        parent: Batch | int | None = None, batch_id: int | None = None,
+    ) -> Batch:
+        """A new batch in ``conn``'s transaction (or, with ``batch_id``, an existing one,
+        e.g. from one of its own jobs to add more work)."""
+        if batch_id is not None:
+            get_status(self, conn, batch_id)
+            return Batch(self, conn, batch_id)
+        parent_id = parent.id if isinstance(parent, Batch) else parent
+        return create_batch(self, conn, description, parent_id)
+
+    def batch_status(self, conn: AnyConnection | None, batch_id: int) -> BatchStatus:
+        """A batch's counters and state (None: read on the app's pool)."""
+        if conn is None:
+            with self.pool.connection() as own:
+                return get_status(self, own, batch_id)
+        return get_status(self, conn, batch_id)
+
     def close(self) -> None:
         """Close the app's sync pool (the async one closes with :meth:`aclose`)."""
         with self._lock:
@@ -254,66 +342,100 @@ class Task(Generic[P, R]):
 
         With ``conn``, the job is part of the caller's transaction: it is never committed
         here, becomes visible (and wakes workers) only when the caller commits, and
-        vanishes on rollback. Without, it commits in a short transaction of the app's pool.
+        vanishes on rollback. Without, it commits in a short transaction of the app's
+        pool, retried across connection failures without ever enqueueing twice.
         """
-        params = self._params(kwargs)
+        statement = self._statement([kwargs])
         if conn is None:
-            with self.app.pool.connection() as own:
-                return self._insert(own, params)
-        return self._insert(conn, params)
-
-    def _params(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        return job_params(
-            self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel
-        )
-
-    def _insert(self, conn: AnyConnection, params: dict[str, Any]) -> Enqueued:
-        with translated_errors(self.app.config.schema):
-            row = conn.execute(self.app.queries.job_insert, params).fetchone()
-        assert row is not None
-        return Enqueued(row[0])
+            return self.app._push(statement)[0]
+        return statement.run(conn)[0]
 
     def enqueue_many(
         self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
         """Enqueue one job per mapping in ``rows`` with one statement; results in order."""
-        batch = self._rows(rows)
-        if not len(batch):
+        statement = self._statement(list(rows))
+        if not statement.size:
             return []
-        params = batch.params(self.app.config.channel)
         if conn is None:
-            with self.app.pool.connection() as own:
-                return self._insert_many(own, params)
-        return self._insert_many(conn, params)
-
-    def _rows(self, rows: Iterable[Mapping[str, Any]]) -> Rows:
-        batch = Rows()
-        encode = self.encoder.encode
-        for kwargs in rows:
-            batch.add(self.name, self.opts, encode(kwargs))
-        return batch
-
-    def _insert_many(self, conn: AnyConnection, params: dict[str, Any]) -> list[Enqueued]:
-        with translated_errors(self.app.config.schema):
-            ids = conn.execute(self.app.queries.job_insert_many, params).fetchall()
-        return [Enqueued(row[0]) for row in ids]
+            return self.app._push(statement)
+        return statement.run(conn)
 
     async def enqueue_async(
         self, aconn: AnyAsyncConnection | None = None, /, **kwargs: Any
     ) -> Enqueued:
         """:meth:`enqueue` on a psycopg ``AsyncConnection`` (None: the app's async pool)."""
-        params = self._params(kwargs)
+        statement = self._statement([kwargs])
         if aconn is None:
-            async with (await self.app.apool()).connection() as own:
-                return await self._insert_async(own, params)
-        return await self._insert_async(aconn, params)
+            return (await self.app._apush(statement))[0]
+        return (await statement.arun(aconn))[0]
 
-    async def _insert_async(self, aconn: AnyAsyncConnection, params: dict[str, Any]) -> Enqueued:
-        with translated_errors(self.app.config.schema):
-            cursor = await aconn.execute(self.app.queries.job_insert, params)
-            row = await cursor.fetchone()
-        assert row is not None
-        return Enqueued(row[0])
+    async def enqueue_many_async(
+        self, aconn: AnyAsyncConnection | None, rows: Iterable[Mapping[str, Any]]
+    ) -> list[Enqueued]:
+        """:meth:`enqueue_many` on a psycopg ``AsyncConnection``."""
+        statement = self._statement(list(rows))
+        if not statement.size:
+            return []
+        if aconn is None:
+            return await self.app._apush(statement)
+        return await statement.arun(aconn)
+
+    def _statement(self, rows: list[Mapping[str, Any]]) -> Statement:
+        """Validate every row and build the one statement that enqueues them."""
+        app, opts, encode = self.app, self.opts, self.encoder.encode
+        channel = app.config.channel
+        if opts.special:
+            special = SpecialRows()
+            for kwargs in rows:
+                special.add(self.name, opts, encode(kwargs), kwargs)
+            params = special.params(channel, app.queries.sequence, opts.batch_id)
+            return Statement(self, app.queries.job_insert_special, params, len(rows),
+                             special.results)
+        if len(rows) == 1:
+            params = job_params(self.name, opts, encode(rows[0]), channel)
+            return Statement(self, app.queries.job_insert, params, 1, _ids)
+        batch = Rows()
+        for kwargs in rows:
+            batch.add(self.name, opts, encode(kwargs))
+        return Statement(self, app.queries.job_insert_many, batch.params(channel), len(rows),
+                         _ids)
+
+
+def _ids(rows: list[tuple[Any, ...]]) -> list[Enqueued]:
+    return [Enqueued(row[0]) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One enqueue statement, ready to run on a sync or async connection."""
+
+    task: Task[..., Any]
+    query: sql.Composed
+    params: dict[str, Any]
+    size: int
+    decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
+
+    def run(self, conn: AnyConnection) -> list[Enqueued]:
+        with translated_errors(self.task.app.config.schema):
+            rows = conn.execute(self.query, self.params).fetchall()
+        return self.check(self.decode(rows))
+
+    async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
+        with translated_errors(self.task.app.config.schema):
+            cursor = await aconn.execute(self.query, self.params)
+            rows = await cursor.fetchall()
+        return self.check(self.decode(rows))
+
+    def check(self, results: list[Enqueued]) -> list[Enqueued]:
+        opts = self.task.opts
+        if opts.on_duplicate == "raise":
+            for index, result in enumerate(results):
+                if result.duplicate:
+                    keys = self.params.get("unique_key") or []
+                    key = keys[min(index, len(keys) - 1)] if keys else ""
+                    raise DuplicateJob(self.task.name, key or "", result.id)
+        return results
 
 
 def _encoder_for(app: App, name: str, fn: Callable[..., Any] | None) -> ArgsEncoder:
@@ -342,3 +464,28 @@ def _encoder_for(app: App, name: str, fn: Callable[..., Any] | None) -> ArgsEnco
 
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+
+def push_backoff(attempt: int) -> float:
+    return float(min(3.0, 0.1 * 2**attempt))
+
+
+class Receipt:
+    """The reliable-push receipt of one connectionless enqueue call."""
+
+    def __init__(self, queries: Queries) -> None:
+        self.queries = queries
+        self.key = uuid.uuid4()
+
+    def get(self) -> tuple[sql.Composed, dict[str, Any]]:
+        return self.queries.enqueue_receipt_get, {"key": self.key}
+
+    def put(self, results: list[Enqueued]) -> tuple[sql.Composed, dict[str, Any]]:
+        encoded = json.dumps([[r.id, r.duplicate] for r in results])
+        return self.queries.enqueue_receipt_put, {"key": self.key, "results": encoded}
+
+    @staticmethod
+    def found(row: tuple[Any, ...] | None) -> list[Enqueued] | None:
+        if row is None:
+            return None
+        return [Enqueued(int(job_id), bool(dup)) for job_id, dup in row[0]]

@@ -7,7 +7,9 @@ connection and execute the statement built here.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,12 +19,23 @@ from typing import Any
 
 import psycopg
 
-from ._errors import ArgsTooLarge, InvalidArgs, InvalidName, InvalidOption, SchemaNotReady
+from ._errors import (
+    ArgsTooLarge,
+    BatchFinished,
+    InvalidArgs,
+    InvalidName,
+    InvalidOption,
+    SchemaNotReady,
+)
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
-PRIORITY_RANGE = range(-32768, 32768)
+PRIORITY_RANGE = range(-32768, 32768)  # smallint
+MAX_ATTEMPTS_LIMIT = 2**31 - 1  # integer
+# Python writes floats from 1e16 up in exponent form; jsonb keeps such a number as an exact
+# decimal and returns it without a fraction, so it would come back as an int.
+EXACT_FLOAT_LIMIT = 1e16
 
 
 def check_name(kind: str, value: object, pattern: re.Pattern[str], hint: str) -> str:
@@ -48,10 +61,11 @@ def check_task_name(value: object) -> str:
 
 
 def check_schema(value: object) -> str:
-    return check_name(
-        "schema", value, SCHEMA_NAME,
-        "use 1-50 characters from letters, digits and '_', starting with a letter or '_'",
-    )
+    hint = "use 1-50 characters from letters, digits and '_', starting with a letter or '_'"
+    if isinstance(value, str) and value.startswith("pg_"):
+        # PostgreSQL refuses to create schemas with this prefix (reserved for its own).
+        raise InvalidName(f"invalid schema name {value!r}: the prefix 'pg_' is reserved; {hint}")
+    return check_name("schema", value, SCHEMA_NAME, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +87,28 @@ class JobOptions:
     """Never start after this time: the job ends ``expired``. Exclusive with ``expires_in``."""
     expires_in: timedelta | None = None
     """Expire this long after the job's run_at (Sidekiq's semantics)."""
+    unique_for: timedelta | None = None
+    """Make the job unique for this long from its run_at: while the hold lives, enqueueing
+    the same key returns the existing job. The key defaults to task + queue + args."""
+    unique_key: str | None = None
+    """An explicit unique key (held until released when ``unique_for`` is not given)."""
+    unique_until: str = "success"
+    """When the hold ends early: ``"success"`` (the job ends: succeeded, dead, cancelled or
+    expired; a job waiting to retry keeps it) or ``"start"`` (the job is claimed)."""
+    on_duplicate: str = "return"
+    """``"return"``: a duplicate enqueue returns the holder (``.duplicate`` is true);
+    ``"raise"``: it raises :class:`pgjobs.DuplicateJob`."""
+    batch_id: int | None = None
+    """The batch the job joins (``options(batch=batch)``)."""
 
     def __post_init__(self) -> None:
         check_queue(self.queue)
         if type(self.priority) is not int or self.priority not in PRIORITY_RANGE:
             raise InvalidOption(f"priority must be an int in -32768..32767, not {self.priority!r}")
-        if type(self.max_attempts) is not int or self.max_attempts < 1:
-            raise InvalidOption(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
+        if type(self.max_attempts) is not int or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidOption(
+                f"max_attempts must be an int in 1..{MAX_ATTEMPTS_LIMIT}, not {self.max_attempts!r}"
+            )
         _exclusive(self, "run_at", "run_in")
         _exclusive(self, "expires_at", "expires_in")
         for name in ("run_at", "expires_at"):
@@ -97,6 +126,37 @@ class JobOptions:
             not isinstance(self.expires_in, timedelta) or self.expires_in <= timedelta(0)
         ):
             raise InvalidOption(f"expires_in must be a positive timedelta, not {self.expires_in!r}")
+        self._check_unique()
+        if self.batch_id is not None and type(self.batch_id) is not int:
+            raise InvalidOption(f"batch must be a pgjobs Batch or its id, not {self.batch_id!r}")
+
+    def _check_unique(self) -> None:
+        if self.unique_for is not None and (
+            not isinstance(self.unique_for, timedelta) or self.unique_for <= timedelta(0)
+        ):
+            raise InvalidOption(f"unique_for must be a positive timedelta, not {self.unique_for!r}")
+        key = self.unique_key
+        if key is not None and (
+            not isinstance(key, str) or not 1 <= len(key) <= 500 or "\x00" in key
+        ):
+            raise InvalidOption("unique_key must be a string of 1-500 characters without NUL")
+        if self.unique_until not in ("success", "start"):
+            raise InvalidOption(
+                f"unique_until must be 'success' or 'start', not {self.unique_until!r}"
+            )
+        if self.on_duplicate not in ("return", "raise"):
+            raise InvalidOption(
+                f"on_duplicate must be 'return' or 'raise', not {self.on_duplicate!r}"
+            )
+
+    @property
+    def unique(self) -> bool:
+        return self.unique_for is not None or self.unique_key is not None
+
+    @property
+    def special(self) -> bool:
+        """Needs the unique/batch insert statement rather than the plain one."""
+        return self.unique or self.batch_id is not None
 
     def merge(self, changes: Mapping[str, Any]) -> JobOptions:
         """A copy with ``changes``; setting one of an exclusive pair clears the other."""
@@ -107,6 +167,9 @@ class JobOptions:
                 f"known: {', '.join(sorted(OPTION_NAMES))}"
             )
         updates = dict(changes)
+        if "batch" in updates:
+            batch = updates.pop("batch")
+            updates["batch_id"] = getattr(batch, "id", batch)
         for a, b in (("run_at", "run_in"), ("expires_at", "expires_in")):
             if a in updates and b not in updates:
                 updates[b] = None
@@ -120,7 +183,7 @@ def _exclusive(opts: JobOptions, a: str, b: str) -> None:
         raise InvalidOption(f"give {a} or {b}, not both")
 
 
-OPTION_NAMES = frozenset(f.name for f in fields(JobOptions))
+OPTION_NAMES = frozenset(f.name for f in fields(JobOptions)) | {"batch"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +210,13 @@ class ArgsEncoder:
         if not isinstance(kwargs, Mapping):
             raise InvalidArgs(f"job args must be a mapping of keyword arguments, not {kwargs!r}")
         self._check_signature(kwargs)
-        _check_json_value(kwargs, "args")
+        try:
+            _check_json_value(kwargs, "args")
+        except RecursionError:
+            raise InvalidArgs(
+                f"job args for {self.task or 'task'} contain a reference cycle or are nested "
+                "too deeply to encode as JSON"
+            ) from None
         try:
             text = json.dumps(kwargs, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -198,6 +267,12 @@ def _check_json_value(value: Any, path: str) -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _check_json_value(item, f"{path}[{index}]")
+    elif isinstance(value, float) and math.isfinite(value) and abs(value) >= EXACT_FLOAT_LIMIT:
+        # (NaN and infinities are refused by json.dumps below.)
+        raise InvalidArgs(
+            f"{path} is the float {value!r}, which jsonb would return as an int; "
+            "pass an int (or a string) for numbers from 1e16 up"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +304,62 @@ class Rows:
 
 
 ROW_COLUMNS = tuple(f.name for f in fields(Rows))
+
+
+def unique_key(task: str, opts: JobOptions, kwargs: Mapping[str, Any]) -> str | None:
+    """The job's unique key: the explicit one, or task + queue + canonical args."""
+    if opts.unique_key is not None:
+        return opts.unique_key
+    if opts.unique_for is None:
+        return None
+    canonical = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
+    return f"{task}:{opts.queue}:{digest}"
+
+
+@dataclass(slots=True)
+class SpecialRows:
+    """Column arrays for ``job_insert_special`` (unique keys and/or a batch).
+
+    Rows whose unique key repeats an earlier row of the same call are not sent: they
+    resolve to that row's result, as a duplicate."""
+
+    rows: Rows = field(default_factory=Rows)
+    unique_key: list[str | None] = field(default_factory=list)
+    unique_for: list[timedelta | None] = field(default_factory=list)
+    unique_until: list[str] = field(default_factory=list)
+    slots: list[tuple[int, bool]] = field(default_factory=list)
+    """For each input row: (index of the sent row it resolves to, repeated in this call)."""
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def add(self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any]) -> None:
+        key = unique_key(task, opts, kwargs)
+        if key is not None and key in self._seen:
+            self.slots.append((self._seen[key], True))
+            return
+        index = len(self.rows)
+        if key is not None:
+            self._seen[key] = index
+        self.rows.add(task, opts, args)
+        self.unique_key.append(key)
+        self.unique_for.append(opts.unique_for)
+        self.unique_until.append(opts.unique_until)
+        self.slots.append((index, False))
+
+    def params(self, channel: str, sequence: str, batch_id: int | None) -> dict[str, Any]:
+        params = self.rows.params(channel)
+        params.update(
+            unique_key=self.unique_key, unique_for=self.unique_for,
+            unique_until=self.unique_until, sequence=sequence, batch_id=batch_id,
+        )
+        return params
+
+    def results(self, sent: list[tuple[int, bool]]) -> list[Enqueued]:
+        """Map the statement's (id, duplicate) rows back onto every input row."""
+        return [
+            Enqueued(sent[index][0], sent[index][1] or repeated)
+            for index, repeated in self.slots
+        ]
 ZERO = timedelta(0)
 
 
@@ -250,8 +381,15 @@ def job_params(task: str, opts: JobOptions, args: str, channel: str) -> dict[str
 
 @contextmanager
 def translated_errors(schema: str) -> Iterator[None]:
-    """Turn 'no such table' into an error that says to run ``pgjobs migrate``."""
+    """Turn 'no such table' into an error that says to run ``pgjobs migrate``, and
+    pgjobs' own SQLSTATEs (raised by its functions) into their typed errors."""
     try:
         yield
-    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
+            psycopg.errors.UndefinedFunction) as exc:
         raise SchemaNotReady(schema) from exc
+    except psycopg.Error as exc:
+        if exc.sqlstate == "PJ001":
+            diag = exc.diag
+            raise BatchFinished(f"{diag.message_primary} ({diag.message_hint})") from exc
+        raise

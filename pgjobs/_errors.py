@@ -11,6 +11,8 @@
     │   ├── ArgsTooLarge            encoded args larger than ``App(max_args_bytes=...)``
     │   └── InvalidOption           an option value out of range (priority, attempts, times)
     ├── SchemaNotReady              the pgjobs tables are missing or older than this code
+    ├── DuplicateJob                a unique key is held, with ``on_duplicate="raise"``
+    ├── BatchFinished               the batch is missing or has already succeeded
     ├── UnknownTask                 a name that no ``@app.job`` registered
     └── LeaseLost                   a write about a job whose lease this attempt no longer holds
 
@@ -68,6 +70,22 @@ class SchemaNotReady(PgJobsError):
             "run `pgjobs migrate` (or apply the SQL from `pgjobs migrate --sql`)"
         )
         self.schema = schema
+
+
+class DuplicateJob(PgJobsError):
+    """A unique key is held by a live job and the enqueue asked to raise."""
+
+    def __init__(self, task: str, key: str, holder_id: int) -> None:
+        super().__init__(
+            f"a {task} job with unique key {key!r} is already queued or running "
+            f"(job {holder_id}); enqueue with on_duplicate='return' to get its id instead"
+        )
+        self.key = key
+        self.holder_id = holder_id
+
+
+class BatchFinished(PgJobsError):
+    """The batch does not exist or has already succeeded, so it takes no more work."""
 
 
 class UnknownTask(PgJobsError):

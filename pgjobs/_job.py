@@ -65,6 +65,11 @@ class ClaimedJob:
     lease_token: Any
     recoveries: int
     batch_id: int | None
+    meta: dict[str, Any]
+
+
+def row_dict(cursor: Any, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {column.name: value for column, value in zip(cursor.description, row, strict=True)}
 
 
 @dataclass(eq=False)
@@ -109,7 +114,17 @@ class JobContext:
 
     @property
     def batch_id(self) -> int | None:
-        return self.job.batch_id
+        """The batch this job belongs to, or (for a callback) the batch that fired it."""
+        if self.job.batch_id is not None:
+            return self.job.batch_id
+        batch = self.job.meta.get("batch")
+        return int(batch["id"]) if isinstance(batch, dict) else None
+
+    @property
+    def batch(self) -> dict[str, Any] | None:
+        """In a batch callback: the batch's id, event and counters when it fired."""
+        batch = self.job.meta.get("batch")
+        return batch if isinstance(batch, dict) else None
 
     @property
     def lease_lost(self) -> bool:

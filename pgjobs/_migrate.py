@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,6 +16,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigurationError
+
+# alembic runs env.py through a process-wide proxy (``alembic.context``), so two commands
+# running at once in one process would share it. Across processes, env.py's advisory lock
+# serialises concurrent migrations; within a process, this lock does.
+_ALEMBIC = threading.Lock()
 
 
 def script_location() -> Path:
@@ -41,7 +47,7 @@ def _run_online(dsn: str, schema: str, action: str, target: str) -> None:
         "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
     )
     try:
-        with engine.begin() as connection:
+        with _ALEMBIC, engine.begin() as connection:
             cfg = _config(schema)
             cfg.attributes["connection"] = connection
             getattr(command, action)(cfg, target)
@@ -63,7 +69,8 @@ def upgrade_sql(schema: str = "pgjobs", target: str = "head", start: str | None 
     """The SQL that upgrades an empty schema (or ``start``) to ``target``, for a DBA."""
     out = io.StringIO()
     span = f"{start}:{target}" if start else target
-    command.upgrade(_config(schema, out), span, sql=True)
+    with _ALEMBIC:
+        command.upgrade(_config(schema, out), span, sql=True)
     return out.getvalue()
 
 

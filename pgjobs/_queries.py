@@ -55,6 +55,107 @@ notified AS (
 SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 """
 
+# Enqueue with unique keys and/or into a batch, for one or many rows. Used only when a
+# job needs it, so the plain statements above stay minimal.
+# - Job ids are drawn first (nextval), so a unique hold can name its job before the job
+#   row exists, and the row is inserted only if the hold was won.
+# - ON CONFLICT DO UPDATE (not DO NOTHING) so RETURNING always yields the holder's id,
+#   even when the holder committed after this statement's snapshot was taken. The update
+#   takes the hold over only when it has expired (unique_for elapsed).
+# - A rolled-back holder's key row vanishes with it; a concurrent enqueuer waiting on that
+#   key then wins it.
+# - batch_add_jobs counts the jobs into their batch once per statement (and refuses a
+#   batch that already succeeded).
+job_insert_special = """
+WITH rows AS (
+    SELECT r.*, nextval(%(sequence)s::regclass) AS new_id,
+           coalesce(r.run_at, now() + r.run_in) AS due
+    FROM unnest(
+        %(queue)s::text[], %(task)s::text[], %(args)s::jsonb[], %(priority)s::smallint[],
+        %(max_attempts)s::integer[], %(run_at)s::timestamptz[], %(run_in)s::interval[],
+        %(expires_at)s::timestamptz[], %(expires_in)s::interval[], %(unique_key)s::text[],
+        %(unique_for)s::interval[], %(unique_until)s::text[]
+    ) WITH ORDINALITY AS r(queue, task, args, priority, max_attempts, run_at, run_in,
+                           expires_at, expires_in, unique_key, unique_for, unique_until, ord)
+),
+held AS (
+    INSERT INTO {schema}.unique_keys AS u (key, job_id, expires_at, release_on)
+    SELECT unique_key, new_id, due + unique_for, unique_until
+    FROM rows WHERE unique_key IS NOT NULL
+    ON CONFLICT (key) DO UPDATE SET
+        job_id = CASE WHEN u.expires_at <= now() THEN EXCLUDED.job_id ELSE u.job_id END,
+        release_on = CASE WHEN u.expires_at <= now() THEN EXCLUDED.release_on
+                          ELSE u.release_on END,
+        created_at = CASE WHEN u.expires_at <= now() THEN now() ELSE u.created_at END,
+        expires_at = CASE WHEN u.expires_at <= now() THEN EXCLUDED.expires_at
+                          ELSE u.expires_at END
+    RETURNING key, job_id
+),
+winners AS (
+    SELECT rows.* FROM rows LEFT JOIN held ON held.key = rows.unique_key
+    WHERE rows.unique_key IS NULL OR held.job_id = rows.new_id
+),
+inserted AS (
+    INSERT INTO {schema}.jobs
+        (id, queue, task, args, priority, max_attempts, run_at, expires_at, unique_key, batch_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT new_id, queue, task, args, priority, max_attempts, due,
+           coalesce(expires_at, due + expires_in), unique_key, %(batch_id)s::bigint
+    FROM winners ORDER BY ord
+    RETURNING id, queue
+),
+counted AS (
+    SELECT {schema}.batch_add_jobs(%(batch_id)s::bigint, (SELECT count(*) FROM inserted))
+    WHERE %(batch_id)s::bigint IS NOT NULL
+),
+notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted) q
+)
+SELECT coalesce(held.job_id, rows.new_id) AS id,
+       coalesce(held.job_id <> rows.new_id, false) AS duplicate
+FROM rows LEFT JOIN held ON held.key = rows.unique_key,
+     (SELECT count(*) FROM notified) n, (SELECT count(*) FROM counted) c
+ORDER BY rows.ord
+"""
+
+enqueue_receipt_put = """
+INSERT INTO {schema}.enqueue_receipts (key, results) VALUES (%(key)s, %(results)s::jsonb)
+"""
+
+enqueue_receipt_get = """
+SELECT results FROM {schema}.enqueue_receipts WHERE key = %(key)s
+"""
+
+# -- batches ----------------------------------------------------------------------------
+
+# A new batch; a child also counts itself into its parent, whose callbacks then wait for it.
+batch_insert = """
+WITH parent AS (
+    UPDATE {schema}.batches
+    SET children_pending = children_pending + 1,
+        children_incomplete = children_incomplete + 1
+    WHERE id = %(parent_id)s::bigint AND succeeded_at IS NULL
+    RETURNING id
+)
+INSERT INTO {schema}.batches (parent_id, description, meta)
+SELECT %(parent_id)s::bigint, %(description)s, %(meta)s::jsonb
+WHERE %(parent_id)s::bigint IS NULL OR EXISTS (SELECT FROM parent)
+RETURNING id
+"""
+
+# Callbacks are appended as JSON rows; batch_fire() reads them when the event is due.
+batch_add_callback = """
+UPDATE {schema}.batches SET callbacks = callbacks || jsonb_build_array(%(callback)s::jsonb)
+WHERE id = %(id)s AND succeeded_at IS NULL
+RETURNING id
+"""
+
+batch_get = """
+SELECT id, parent_id, description, state, total, pending, succeeded, failed, dead,
+       children_pending, children_incomplete, created_at, completed_at, succeeded_at, died_at
+FROM {schema}.batches WHERE id = %(id)s
+"""
+
 # -- worker: claim, heartbeat, outcomes --------------------------------------------------
 
 # Claims up to %(limit)s due jobs of the worker's queues in one statement.
@@ -91,7 +192,7 @@ SET state = 'running',
 FROM candidates
 WHERE job.id = candidates.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
-          job.lease_token, job.recoveries, job.batch_id
+          job.lease_token, job.recoveries, job.batch_id, job.meta
 """
 
 # Renews every lease this worker holds, and its own heartbeat, in one round trip. Fenced
@@ -191,6 +292,36 @@ WHERE job.id = lost.id
 RETURNING job.id, job.state
 """
 
+# Marks available jobs whose expires_at has passed as expired (the claim already skips
+# them; this makes the outcome visible and releases unique holds and batch counts through
+# the triggers). SKIP LOCKED: any number of workers may run it at once.
+job_expire = """
+WITH due AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'available' AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS job
+SET state = 'expired', finished_at = clock_timestamp()
+FROM due WHERE job.id = due.id
+RETURNING job.id
+"""
+
+# Unique holds whose time ran out, and reliable-push receipts past their retry window.
+unique_key_prune = """
+DELETE FROM {schema}.unique_keys
+WHERE key IN (SELECT key FROM {schema}.unique_keys WHERE expires_at <= now()
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+"""
+
+enqueue_receipt_prune = """
+DELETE FROM {schema}.enqueue_receipts
+WHERE key IN (SELECT key FROM {schema}.enqueue_receipts
+              WHERE created_at < now() - interval '1 day' LIMIT %(limit)s)
+"""
+
 # -- workers --------------------------------------------------------------------------
 
 worker_register = """
@@ -218,6 +349,15 @@ FROM {schema}.jobs WHERE id = %(id)s
 NAMES = (
     "job_insert",
     "job_insert_many",
+    "job_insert_special",
+    "enqueue_receipt_put",
+    "enqueue_receipt_get",
+    "batch_insert",
+    "batch_add_callback",
+    "batch_get",
+    "job_expire",
+    "unique_key_prune",
+    "enqueue_receipt_prune",
     "job_claim",
     "job_heartbeat",
     "job_complete_many",
@@ -240,11 +380,21 @@ class Queries:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
+        self.sequence = sql.Identifier(schema, "jobs_id_seq").as_string(None)
         for name in NAMES:
             setattr(self, name, compose(globals()[name], schema))
 
     job_insert: sql.Composed
     job_insert_many: sql.Composed
+    job_insert_special: sql.Composed
+    enqueue_receipt_put: sql.Composed
+    enqueue_receipt_get: sql.Composed
+    batch_insert: sql.Composed
+    batch_add_callback: sql.Composed
+    batch_get: sql.Composed
+    job_expire: sql.Composed
+    unique_key_prune: sql.Composed
+    enqueue_receipt_prune: sql.Composed
     job_claim: sql.Composed
     job_heartbeat: sql.Composed
     job_complete_many: sql.Composed

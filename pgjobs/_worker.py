@@ -31,7 +31,7 @@ from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, elapsed_ms
 from ._job import ClaimedJob, JobContext
-from ._maintenance import Reclaimer
+from ._maintenance import default_steps
 
 if TYPE_CHECKING:
     from ._app import App
@@ -96,11 +96,9 @@ class Worker:
         self.queue_set = frozenset(self.queues)
         self.queries = app.queries
         self.executor = Executor(app, threads=config.concurrency)
-        self.reclaimer = Reclaimer(
-            self.queries,
-            config.reclaim_interval or min(config.lease / 2, 10.0),
-            config.recovery_budget,
-        )
+        self.maintenance = default_steps(self.queries, config.lease, config.recovery_budget)
+        if config.reclaim_interval:
+            self.maintenance[0].interval = config.reclaim_interval
         self.running: dict[int, tuple[JobContext, asyncio.Task[None]]] = {}
         self.leases: dict[int, JobContext] = {}
         self.stats: Counter[str] = Counter()
@@ -247,8 +245,9 @@ class Worker:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
-            if self.reclaimer.due():
-                await self.reclaimer.run_once(conn)
+            for step in self.maintenance:
+                if step.due():
+                    await step.run_once(conn)
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,

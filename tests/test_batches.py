@@ -1,0 +1,207 @@
+"""Batches: counters, callbacks exactly once, nesting, growth from inside, empty batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs.testing import drain
+from tests.helpers import WorkerProcess, query, scalar, wait_until
+from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
+
+pytestmark = pytest.mark.xdist_group("worker")
+
+
+@pytest.fixture
+def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with psycopg.connect(fresh_dsn, autocommit=True) as c:
+        c.execute(HARNESS)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
+    yield fresh_dsn
+    app.close()
+
+
+def callbacks(dsn: str) -> list[tuple[int, str, str]]:
+    return [(r[0], r[1], r[2]) for r in query(
+        dsn, "SELECT batch_id, event, tag FROM callbacks ORDER BY batch_id, event")]
+
+
+def with_callbacks(batch: pgjobs.Batch, tag: str) -> None:
+    batch.on_complete(callback, tag=tag)
+    batch.on_success(callback, tag=tag)
+    batch.on_death(callback, tag=tag)
+
+
+def test_success_fires_complete_then_success_once_with_a_snapshot(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn, description="newsletter 42")
+        with_callbacks(batch, "b")
+        results = batch.enqueue_many(member, [{"n": i} for i in range(5)])
+        batch.enqueue(member, n=5, fail_first=True)
+        assert batch.status().total == 6 and batch.status().pending == 6
+    assert [r.duplicate for r in results] == [False] * 5
+    drain(app)
+    assert callbacks(dsn) == [(batch.id, "complete", "b"), (batch.id, "success", "b")]
+    status = app.batch_status(None, batch.id)
+    assert (status.state, status.total, status.pending, status.succeeded, status.failed,
+            status.dead) == ("succeeded", 6, 0, 6, 0, 0)
+    snapshot = scalar(dsn, "SELECT snapshot FROM callbacks WHERE event = 'success'")
+    assert snapshot["description"] == "newsletter 42" and snapshot["succeeded"] == 6
+
+
+def test_a_dead_job_fires_death_once_and_success_never(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        with_callbacks(batch, "d")
+        batch.enqueue_many(member, [{"n": 1}, {"n": 2, "die": True}, {"n": 3, "die": True}])
+    drain(app)
+    events = [event for _, event, _ in callbacks(dsn)]
+    assert sorted(events) == ["complete", "death"]
+    status = app.batch_status(None, batch.id)
+    assert (status.state, status.pending, status.succeeded, status.failed, status.dead) == (
+        "complete", 2, 1, 2, 2)
+
+
+def test_cancelled_counts_as_succeeded_and_expired_as_dead(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        with_callbacks(batch, "c")
+        a, b = batch.enqueue_many(member, [{"n": 1}, {"n": 2}])
+    # An operator cancels one by hand; the other expires before it runs.
+    query(dsn, "UPDATE pgjobs.jobs SET state = 'cancelled', finished_at = now() WHERE id = %s",
+          a.id)
+    query(dsn, "UPDATE pgjobs.jobs SET expires_at = now() - interval '1 s' WHERE id = %s", b.id)
+    drain(app)
+    assert sorted(e for _, e, _ in callbacks(dsn)) == ["complete", "death"]
+    status = app.batch_status(None, batch.id)
+    assert (status.succeeded, status.dead, status.pending) == (1, 1, 1)
+
+
+def test_an_empty_batch_succeeds_at_commit_and_a_rolled_back_one_never_existed(
+    dsn: str,
+) -> None:
+    with psycopg.connect(dsn) as conn:
+        empty = app.batch(conn, description="nothing to do")
+        with_callbacks(empty, "e")
+        assert callbacks(dsn) == []  # nothing fires before commit
+    with psycopg.connect(dsn) as conn:
+        gone = app.batch(conn)
+        with_callbacks(gone, "g")
+        gone.enqueue(member, n=1)
+        conn.rollback()
+    drain(app)
+    assert callbacks(dsn) == [(empty.id, "complete", "e"), (empty.id, "success", "e")]
+    assert scalar(dsn, "SELECT count(*) FROM pgjobs.batches WHERE id = %s", gone.id) == 0
+    assert scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE task = 'member'") == 0
+
+
+def test_a_parent_waits_for_its_children(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        parent = app.batch(conn, description="parent")
+        with_callbacks(parent, "parent")
+        parent.enqueue(member, n=0)
+        for name in ("a", "b"):
+            child = parent.child(description=name)
+            with_callbacks(child, name)
+            child.enqueue_many(member, [{"n": 1}, {"n": 2}])
+    # Run only the parent's own job first: the parent must not complete yet.
+    parent_job = scalar(dsn, "SELECT id FROM pgjobs.jobs WHERE batch_id = %s", parent.id)
+    query(dsn, "UPDATE pgjobs.jobs SET run_at = now() + interval '1 hour' "
+               "WHERE batch_id <> %s", parent.id)
+    drain(app)
+    assert scalar(dsn, "SELECT state FROM pgjobs.jobs WHERE id = %s", parent_job) == "succeeded"
+    assert callbacks(dsn) == []
+    query(dsn, "UPDATE pgjobs.jobs SET run_at = now() WHERE state = 'available'")
+    drain(app)
+    assert sorted(tag for _, _, tag in callbacks(dsn)) == [
+        "a", "a", "b", "b", "parent", "parent"]
+    # In enqueue order, each parent event follows the same event of every child.
+    order = [(r[0], r[1]) for r in query(
+        dsn, "SELECT args->>'tag', meta->'batch'->>'event' FROM pgjobs.jobs "
+             "WHERE task = 'callback' ORDER BY id")]
+    for event in ("complete", "success"):
+        parent_at = order.index(("parent", event))
+        assert all(order.index((child, event)) < parent_at for child in ("a", "b"))
+    assert app.batch_status(None, parent.id).state == "succeeded"
+
+
+def test_a_job_can_add_jobs_to_its_own_batch_while_it_runs(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        with_callbacks(batch, "grow")
+        batch.enqueue(spawner, extra=3)
+    drain(app)
+    assert [e for _, e, _ in callbacks(dsn)] == ["complete", "success"]
+    status = app.batch_status(None, batch.id)
+    assert (status.total, status.succeeded) == (4, 4)
+    assert scalar(dsn, "SELECT count(*) FROM runs") == 3
+
+
+def test_a_succeeded_batch_takes_no_more_jobs(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.enqueue(member, n=1)
+    drain(app)
+    with psycopg.connect(dsn) as conn:
+        late = app.batch(conn, batch_id=batch.id)
+        with pytest.raises(pgjobs.BatchFinished):
+            late.on_success(callback, tag="late")
+        conn.rollback()
+        with pytest.raises(pgjobs.BatchFinished, match="already succeeded"):
+            late.enqueue(member, n=2)
+
+
+def test_concurrent_batches_across_two_workers_fire_each_callback_once(
+    dsn: str, spawn_batch_workers: Callable[[int], list[WorkerProcess]]
+) -> None:
+    batches = 50
+    per = 20
+    ids = []
+    with psycopg.connect(dsn) as conn:
+        for b in range(batches):
+            batch = app.batch(conn, description=f"b{b}")
+            with_callbacks(batch, f"b{b}")
+            rows = [{"n": i, "fail_first": i % 7 == 0, "die": b == 3 and i == 5}
+                    for i in range(per)]
+            batch.enqueue_many(member, rows)
+            ids.append(batch.id)
+    spawn_batch_workers(2)
+    expected = 2 * batches  # complete + success, or complete + death for batch 3
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM callbacks") >= expected, 120,
+               "every batch's callbacks")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE state IN "
+                                   "('available', 'running')") == 0, 60, "all jobs done")
+    counts = query(dsn, "SELECT batch_id, event, count(*) FROM callbacks "
+                        "GROUP BY 1, 2 ORDER BY 1, 2")
+    for batch_id, event, count in counts:
+        assert count == 1, (batch_id, event)
+    by_batch: dict[int, list[str]] = {}
+    for batch_id, event, _ in counts:
+        by_batch.setdefault(batch_id, []).append(event)
+    for index, batch_id in enumerate(ids):
+        want = ["complete", "death"] if index == 3 else ["complete", "success"]
+        assert by_batch[batch_id] == want, (index, by_batch[batch_id])
+    rows = query(dsn, "SELECT total, pending, succeeded, failed, dead FROM pgjobs.batches "
+                      "ORDER BY id")
+    for index, row in enumerate(rows):
+        assert row == ((per, 1, per - 1, 1, 1) if index == 3 else (per, 0, per, 0, 0))
+
+
+@pytest.fixture
+def spawn_batch_workers(dsn: str) -> Iterator[Callable[[int], list[WorkerProcess]]]:
+    started: list[WorkerProcess] = []
+
+    def start(n: int) -> list[WorkerProcess]:
+        for _ in range(n):
+            started.append(WorkerProcess(dsn, "--concurrency", "8", "--poll-interval", "0.2",
+                                         app="workerapps.batchapp:app"))
+        return started
+
+    yield start
+    for worker in started:
+        worker.kill()
+        print(f"--- worker {worker.pid} log (tail) ---\n{worker.log()[-3000:]}")
+        worker.close()

@@ -1,0 +1,220 @@
+"""Unique jobs under concurrency, hold lifetimes, expiry, and reliable push."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+import pgjobs
+from pgjobs.testing import drain
+from tests.helpers import query, scalar
+from tests.workerapps.batchapp import HARNESS, app, callback, member, unique_start, unique_success
+
+pytestmark = pytest.mark.xdist_group("worker")
+
+
+@pytest.fixture
+def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with psycopg.connect(fresh_dsn, autocommit=True) as c:
+        c.execute(HARNESS)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
+    yield fresh_dsn
+    app.close()
+
+
+def holders(dsn: str) -> dict[str, int]:
+    return {r[0]: r[1] for r in query(dsn, "SELECT key, job_id FROM pgjobs.unique_keys")}
+
+
+def test_duplicates_return_the_holder_until_it_succeeds(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        first = unique_success.enqueue(conn, key="a")
+        again = unique_success.enqueue(conn, key="a")
+        other = unique_success.enqueue(conn, key="b")
+    assert not first.duplicate and again.duplicate and again.id == first.id
+    assert not other.duplicate and other.id != first.id
+    with pytest.raises(pgjobs.DuplicateJob) as raised:
+        unique_success.options(on_duplicate="raise").enqueue(None, key="a")
+    assert raised.value.holder_id == first.id
+    drain(app)
+    assert holders(dsn) == {}
+    fresh = unique_success.enqueue(None, key="a")
+    assert not fresh.duplicate and fresh.id != first.id
+
+
+def test_enqueue_many_dedupes_within_the_call_and_against_holds(dsn: str) -> None:
+    held = unique_success.enqueue(None, key="held")
+    results = unique_success.enqueue_many(
+        None, [{"key": "x"}, {"key": "held"}, {"key": "x"}, {"key": "y"}])
+    assert [r.duplicate for r in results] == [False, True, True, False]
+    assert results[1].id == held.id and results[2].id == results[0].id
+    assert scalar(dsn, "SELECT count(*) FROM pgjobs.jobs") == 3
+
+
+def test_explicit_key_and_the_default_key_include_queue_and_args(dsn: str) -> None:
+    keyed = unique_success.options(unique_key="newsletter:42")
+    a = keyed.enqueue(None, key="one")
+    b = keyed.enqueue(None, key="two")  # same explicit key, other args: still a duplicate
+    assert b.duplicate and b.id == a.id
+    c = unique_success.options(queue="other").enqueue(None, key="one")
+    d = unique_success.enqueue(None, key="one")
+    assert not c.duplicate and not d.duplicate and c.id != d.id
+
+
+def test_death_releases_the_hold(dsn: str) -> None:
+    failing = member.options(unique_key="m", max_attempts=2)
+    first = failing.enqueue(None, n=1, die=True)
+    drain(app, concurrency=1)  # both attempts fail: dead
+    assert scalar(dsn, "SELECT state FROM pgjobs.jobs WHERE id = %s", first.id) == "dead"
+    assert holders(dsn) == {}
+    assert not failing.enqueue(None, n=2).duplicate
+
+
+def test_retry_in_progress_keeps_the_hold(dsn: str) -> None:
+    job = member.options(unique_key="r").enqueue(None, n=1, fail_first=True)
+    # Simulate an attempt that failed and waits for its retry.
+    query(dsn, "UPDATE pgjobs.jobs SET errors = '[{\"type\": \"X\"}]', attempt = 1, "
+               "run_at = now() + interval '1 hour' WHERE id = %s", job.id)
+    again = member.options(unique_key="r").enqueue(None, n=1)
+    assert again.duplicate and again.id == job.id
+
+
+def test_unique_until_start_releases_at_claim_and_success_holds_while_running(
+    dsn: str,
+) -> None:
+    start = unique_start.enqueue(None, key="s")
+    success = unique_success.enqueue(None, key="s")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(app.queries.job_claim, {
+            "queues": ["default"], "limit": 10, "lease": timedelta(seconds=30),
+            "worker_id": None})
+    assert holders(dsn) == {f"unique_success:default:{key_digest('s')}": success.id}
+    again_start = unique_start.enqueue(None, key="s")
+    again_success = unique_success.enqueue(None, key="s")
+    assert not again_start.duplicate and again_start.id != start.id
+    assert again_success.duplicate and again_success.id == success.id
+
+
+def key_digest(value: str) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps({"key": value}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def test_an_elapsed_hold_is_taken_over_and_the_old_job_cannot_release_the_new_one(
+    dsn: str,
+) -> None:
+    old = unique_success.enqueue(None, key="t")
+    query(dsn, "UPDATE pgjobs.unique_keys SET expires_at = now() - interval '1 s'")
+    new = unique_success.enqueue(None, key="t")
+    assert not new.duplicate and new.id != old.id
+    query(dsn, "UPDATE pgjobs.jobs SET state = 'cancelled', finished_at = now() "
+               "WHERE id = %s", old.id)
+    assert list(holders(dsn).values()) == [new.id]
+
+
+def test_expiry_releases_the_hold(dsn: str) -> None:
+    job = unique_success.options(expires_in=timedelta(hours=1)).enqueue(None, key="e")
+    query(dsn, "UPDATE pgjobs.jobs SET expires_at = now() - interval '1 s' WHERE id = %s",
+          job.id)
+    assert drain(app) == {}
+    assert scalar(dsn, "SELECT state FROM pgjobs.jobs WHERE id = %s", job.id) == "expired"
+    assert holders(dsn) == {}
+
+
+def test_concurrent_enqueuers_with_rollbacks_keep_one_holder_per_key(dsn: str) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    keys = [f"k{i}" for i in range(4)]
+    committed: list[tuple[str, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def enqueuer(index: int) -> None:
+        rng = random.Random(seed + index)
+        try:
+            with psycopg.connect(dsn) as conn:
+                for _ in range(15):
+                    key = rng.choice(keys)
+                    result = member.options(unique_key=key).enqueue(conn, n=index)
+                    if rng.random() < 0.3:
+                        conn.rollback()
+                    else:
+                        conn.commit()
+                        with lock:
+                            committed.append((key, result.id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueuer, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    jobs = query(dsn, "SELECT unique_key, id FROM pgjobs.jobs ORDER BY id")
+    per_key: dict[str, list[int]] = {}
+    for key, job_id in jobs:
+        per_key.setdefault(key, []).append(job_id)
+    assert all(len(ids) == 1 for ids in per_key.values()), per_key
+    # Every committed caller got the one live job of its key.
+    for key, job_id in committed:
+        assert per_key[key] == [job_id]
+    assert holders(dsn) == {key: ids[0] for key, ids in per_key.items()}
+
+
+class FlakyConnection(psycopg.Connection[Any]):
+    """Fails once per test at a chosen point: before the statement, or after the commit
+    succeeded on the server (the client never learns the outcome)."""
+
+    mode = "after_commit"
+    armed = threading.Event()
+
+    def commit(self) -> None:
+        super().commit()
+        if self.mode == "after_commit" and self.armed.is_set():
+            self.armed.clear()
+            raise psycopg.OperationalError("connection lost after COMMIT (injected)")
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self.mode == "before" and self.armed.is_set():
+            self.armed.clear()
+            raise psycopg.OperationalError("connection lost (injected)")
+        return super().execute(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["after_commit", "before"])
+def test_reliable_push_retries_without_a_duplicate(dsn: str, mode: str) -> None:
+    flaky = pgjobs.App(dsn=dsn)
+    flaky._pool = ConnectionPool(dsn, min_size=1, max_size=2, connection_class=FlakyConnection,
+                                 open=True)
+    FlakyConnection.mode = mode
+    task = flaky.task("member")
+    try:
+        FlakyConnection.armed.set()
+        single = task.enqueue(n=1)
+        FlakyConnection.armed.set()
+        many = task.enqueue_many(None, [{"n": 2}, {"n": 3}])
+        assert not FlakyConnection.armed.is_set()  # the failure really happened
+    finally:
+        flaky.close()
+    ids = [r[0] for r in query(dsn, "SELECT id FROM pgjobs.jobs ORDER BY id")]
+    assert ids == [single.id, many[0].id, many[1].id]
+    assert scalar(dsn, "SELECT count(*) FROM pgjobs.enqueue_receipts") == 2
+
+
+def test_batch_callbacks_can_carry_options(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.on_success(callback.options(queue="callbacks", priority=-5), tag="opts")
+    row = query(dsn, "SELECT queue, priority FROM pgjobs.jobs WHERE task = 'callback'")
+    assert row == [("callbacks", -5)]
