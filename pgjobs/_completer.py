@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._db import TRANSIENT, Connector
+from ._db import RETRY_STATEMENT, TRANSIENT, Connector
 from ._executor import Outcome, outcome_row
 from ._job import JobContext
 from ._queries import Queries
@@ -75,6 +76,11 @@ class Completer:
                     cursor = await conn.execute(self.queries.job_complete_many, params)
                     written = {row[0] for row in await cursor.fetchall()}
                     break
+                except RETRY_STATEMENT as exc:  # (before TRANSIENT: they subclass it)
+                    # Flushes of two workers can lock the same batches in different orders;
+                    # PostgreSQL aborts one statement (all or nothing), so run it again.
+                    log.info("outcome flush retried after %s", type(exc).__name__)
+                    await asyncio.sleep(random.uniform(0.001, 0.02))
                 except TRANSIENT as exc:
                     await self.connector.backoff(exc)
         for p, _row in writes:

@@ -15,6 +15,8 @@ log = logging.getLogger("pgjobs.worker")
 # Errors after which the connection is discarded and the work retried on a new one:
 # the server restarted, a backend was terminated, or the network failed.
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError)
+# Errors after which the same statement can simply run again on the same connection.
+RETRY_STATEMENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 class Connector:
