@@ -11,12 +11,12 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ._batches import Batch, BatchStatus, create_batch, get_status
 from ._db import TRANSIENT
@@ -59,6 +59,8 @@ class Config:
     """Largest encoded args accepted by enqueue, in bytes. None: no limit."""
     pool_size: int = 4
     """Connections in the app's own pool, used by enqueue calls made without a connection."""
+    pool_timeout: float = 5.0
+    """Seconds an enqueue without a connection waits for a pool connection per try."""
     push_retries: int = 5
     """Retries of an enqueue made without a connection when the connection fails
     (backoff 0.1 s doubling to 3 s). A receipt makes each retry safe: no duplicate jobs."""
@@ -74,6 +76,8 @@ class Config:
             raise InvalidOption("pool_size must be at least 1")
         if self.push_retries < 0:
             raise InvalidOption("push_retries cannot be negative")
+        if self.pool_timeout <= 0:
+            raise InvalidOption("pool_timeout must be positive")
 
     @property
     def channel(self) -> str:
@@ -229,7 +233,7 @@ class App:
         receipt = Receipt(self.queries)
         for attempt in range(self.config.push_retries + 1):
             try:
-                with self.pool.connection() as conn:
+                with self.pool.connection(timeout=self.config.pool_timeout) as conn:
                     if attempt:
                         found = receipt.found(conn.execute(*receipt.get()).fetchone())
                         if found is not None:
@@ -237,7 +241,12 @@ class App:
                     results = statement.run(conn)
                     conn.execute(*receipt.put(results))
                 return results
-            except TRANSIENT as exc:
+            except psycopg.errors.UniqueViolation:
+                if not attempt:
+                    raise
+                # An earlier try committed while this one ran: the next finds its receipt.
+                continue
+            except (*TRANSIENT, PoolTimeout) as exc:
                 if attempt == self.config.push_retries:
                     raise
                 log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
@@ -250,7 +259,7 @@ class App:
         pool = await self.apool()
         for attempt in range(self.config.push_retries + 1):
             try:
-                async with pool.connection() as conn:
+                async with pool.connection(timeout=self.config.pool_timeout) as conn:
                     if attempt:
                         cursor = await conn.execute(*receipt.get())
                         found = receipt.found(await cursor.fetchone())
@@ -259,7 +268,12 @@ class App:
                     results = await statement.arun(conn)
                     await conn.execute(*receipt.put(results))
                 return results
-            except TRANSIENT as exc:
+            except psycopg.errors.UniqueViolation:
+                if not attempt:
+                    raise
+                # An earlier try committed while this one ran: the next finds its receipt.
+                continue
+            except (*TRANSIENT, PoolTimeout) as exc:
                 if attempt == self.config.push_retries:
                     raise
                 log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
@@ -391,7 +405,7 @@ class Task(Generic[P, R]):
                 special.add(self.name, opts, encode(kwargs), kwargs)
             params = special.params(channel, app.queries.sequence, opts.batch_id)
             return Statement(self, app.queries.job_insert_special, params, len(rows),
-                             special.results)
+                             special.results, special.input_keys)
         if len(rows) == 1:
             params = job_params(self.name, opts, encode(rows[0]), channel)
             return Statement(self, app.queries.job_insert, params, 1, _ids)
@@ -415,6 +429,8 @@ class Statement:
     params: dict[str, Any]
     size: int
     decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
+    keys: list[str | None] = field(default_factory=list)
+    """Each input row's unique key (unique enqueues only)."""
 
     def run(self, conn: AnyConnection) -> list[Enqueued]:
         with translated_errors(self.task.app.config.schema):
@@ -430,10 +446,8 @@ class Statement:
     def check(self, results: list[Enqueued]) -> list[Enqueued]:
         opts = self.task.opts
         if opts.on_duplicate == "raise":
-            for index, result in enumerate(results):
+            for key, result in zip(self.keys, results, strict=True):
                 if result.duplicate:
-                    keys = self.params.get("unique_key") or []
-                    key = keys[min(index, len(keys) - 1)] if keys else ""
                     raise DuplicateJob(self.task.name, key or "", result.id)
         return results
 

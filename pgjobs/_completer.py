@@ -59,6 +59,7 @@ class Completer:
         rows = [(p, outcome_row(p.outcome)) for p in batch]
         writes = [(p, row) for p, row in rows if row is not None]
         written: set[int] = set()
+        retried = False
         if writes:
             params = {
                 "ids": [p.ctx.id for p, _ in writes],
@@ -82,9 +83,14 @@ class Completer:
                     log.info("outcome flush retried after %s", type(exc).__name__)
                     await asyncio.sleep(random.uniform(0.001, 0.02))
                 except TRANSIENT as exc:
+                    retried = True  # the failed try may have committed before the error
                     await self.connector.backoff(exc)
         for p, _row in writes:
             if p.ctx.id not in written and not p.ctx.completed:
+                if retried:
+                    log.info("outcome %s of job %s was written by the interrupted flush or "
+                             "its lease was lost meanwhile", p.outcome.kind, p.ctx.id)
+                    continue
                 self.lease_lost += 1
                 p.ctx.lease_lost_event.set()
                 log.warning(

@@ -330,10 +330,13 @@ class SpecialRows:
     unique_until: list[str] = field(default_factory=list)
     slots: list[tuple[int, bool]] = field(default_factory=list)
     """For each input row: (index of the sent row it resolves to, repeated in this call)."""
+    input_keys: list[str | None] = field(default_factory=list)
+    """For each input row: its unique key."""
     _seen: dict[str, int] = field(default_factory=dict)
 
     def add(self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any]) -> None:
         key = unique_key(task, opts, kwargs)
+        self.input_keys.append(key)
         if key is not None and key in self._seen:
             self.slots.append((self._seen[key], True))
             return

@@ -62,5 +62,5 @@ def default_steps(queries: Queries, lease: float, budget: int) -> list[Step]:
         Reclaimer(queries, reclaim_every, budget),
         Step("expire", queries.job_expire, {"limit": 1000}, 1.0),
         Step("prune unique keys", queries.unique_key_prune, {"limit": 1000}, 30.0),
-        Step("prune receipts", queries.enqueue_receipt_prune, {"limit": 1000}, 300.0),
+        Step("prune receipts", queries.enqueue_receipt_prune, {"limit": 10_000}, 60.0),
     ]

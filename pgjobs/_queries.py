@@ -144,9 +144,13 @@ RETURNING id
 """
 
 # Callbacks are appended as JSON rows; batch_fire() reads them when the event is due.
+# A callback for an event that has already fired is refused, not silently kept.
 batch_add_callback = """
 UPDATE {schema}.batches SET callbacks = callbacks || jsonb_build_array(%(callback)s::jsonb)
-WHERE id = %(id)s AND succeeded_at IS NULL
+WHERE id = %(id)s
+  AND CASE %(event)s WHEN 'complete' THEN completed_at IS NULL
+                     WHEN 'success' THEN succeeded_at IS NULL
+                     ELSE died_at IS NULL END
 RETURNING id
 """
 
@@ -319,7 +323,8 @@ WHERE key IN (SELECT key FROM {schema}.unique_keys WHERE expires_at <= now()
 enqueue_receipt_prune = """
 DELETE FROM {schema}.enqueue_receipts
 WHERE key IN (SELECT key FROM {schema}.enqueue_receipts
-              WHERE created_at < now() - interval '1 day' LIMIT %(limit)s)
+              WHERE created_at < now() - interval '1 day'
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 """
 
 # -- workers --------------------------------------------------------------------------

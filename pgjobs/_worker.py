@@ -1,12 +1,14 @@
 """The worker: claims jobs in batches, runs them, and keeps their leases alive.
 
-One asyncio loop per process with four connections, one per role, so no role ever waits
+One asyncio loop per process with five connections, one per role, so no role ever waits
 for another's query:
 
-    claim     claim loop (K = free slots) and the reclaim maintenance step
-    complete  the completer's batched, fenced outcome writes
-    heartbeat lease renewal for every held job, every lease/3
-    listen    LISTEN for enqueue notifications; polling covers any gap
+    claim        claim loop (K = free slots)
+    complete     the completer's batched, fenced outcome writes
+    heartbeat    lease renewal for every held job, every lease/3
+    listen       LISTEN for enqueue notifications; polling covers any gap
+    maintenance  reclaim, expire, prune: also while every slot is busy or the worker is
+                 quiet, so lost jobs come back even when the whole fleet is saturated
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from psycopg import sql
 
 from . import _failpoints
 from ._completer import Completer, Pending
-from ._db import TRANSIENT, Connector
+from ._db import RETRY_STATEMENT, TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, elapsed_ms
@@ -138,13 +140,14 @@ class Worker:
         dsn, prepare = self.app.dsn, self.app.config.prepare
         self.claim_db = Connector(dsn, "claim", prepare)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
+        self.maintenance_db = Connector(dsn, "maintenance", prepare)
         complete_db = Connector(dsn, "complete", prepare)
         self.completer = Completer(complete_db, self.queries, self._written)
         try:
             await self._check_schema()
             self.worker_id = await self._register()
         except BaseException:
-            for db in (self.claim_db, self.beat_db, complete_db):
+            for db in (self.claim_db, self.beat_db, complete_db, self.maintenance_db):
                 await db.close()
             self.executor.shutdown()
             raise
@@ -153,16 +156,24 @@ class Worker:
             self.worker_id, ",".join(self.queues), self.config.concurrency,
             self.config.lease, self.config.burst, os.getpid(),
         )
+        # One pass before the first claim: lost jobs come back and expired ones end
+        # before anything is claimed (and burst runs see a settled queue).
+        await self._maintenance_pass()
         background = [
             asyncio.create_task(self.completer.run(), name="pgjobs-completer"),
             asyncio.create_task(self._heartbeat_loop(), name="pgjobs-heartbeat"),
         ]
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="pgjobs-listen"))
+        background.append(
+            asyncio.create_task(self._maintenance_loop(), name="pgjobs-maintenance")
+        )
         try:
             await self._claim_loop()
         finally:
-            await self._shutdown(background, [self.claim_db, self.beat_db, complete_db])
+            await self._shutdown(
+                background, [self.claim_db, self.beat_db, complete_db, self.maintenance_db]
+            )
         return self.stats
 
     async def _check_schema(self) -> None:
@@ -245,9 +256,6 @@ class Worker:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
-            for step in self.maintenance:
-                if step.due():
-                    await step.run_once(conn)
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
@@ -322,6 +330,26 @@ class Worker:
         task = self.app.tasks.get(ctx.task)
         if entry is not None and task is not None and task.is_async:
             entry[1].cancel()
+
+    # -- maintenance -------------------------------------------------------------------
+
+    async def _maintenance_pass(self) -> None:
+        """Run every due maintenance step once (transient failures back off)."""
+        try:
+            conn = await self.maintenance_db.get()
+            for step in self.maintenance:
+                if step.due():
+                    await step.run_once(conn)
+        except RETRY_STATEMENT:  # (before TRANSIENT: they subclass it)
+            pass  # a deadlock with another worker's step: due again next round
+        except TRANSIENT as exc:
+            await self.maintenance_db.backoff(exc)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            wait = min(step.next_run for step in self.maintenance) - time.monotonic()
+            await asyncio.sleep(min(max(wait, 0.05), 1.0))
+            await self._maintenance_pass()
 
     # -- listen ------------------------------------------------------------------------
 

@@ -443,3 +443,18 @@ def test_worker_command_errors_are_one_clear_line(dsn: str) -> None:
     finally:
         bad.close()
 
+
+
+def test_a_worker_with_every_slot_busy_still_reclaims_lost_jobs(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    busy_id = enqueue(dsn, basic.busy, seconds=20)
+    worker = spawn("--concurrency", "1", "--lease", "2")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "busy job start")
+    lost_id = enqueue(dsn, basic.noop)
+    (lost,) = claim(dsn, lease=1.0)  # a claimer that then vanishes
+    assert lost.id == lost_id
+    wait_until(lambda: scalar(dsn, "SELECT recoveries FROM pgjobs.jobs WHERE id = %s",
+                              lost_id) == 1, 20, "the reclaim while every slot is busy")
+    assert job_state(dsn, busy_id) == "running"
+    worker.signal(signal.SIGTERM)
