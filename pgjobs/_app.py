@@ -128,8 +128,11 @@ class App:
 
         Options (the defaults of every enqueue of this task): ``queue`` ("default"),
         ``priority`` (0, lower first), ``max_attempts`` (25), ``run_at`` / ``run_in``,
-        ``expires_at`` / ``expires_in``. ``name`` defaults to ``module.qualname``; give
-        one explicitly when producers enqueue by name or the module may move.
+        ``expires_at`` / ``expires_in``, ``unique_for`` / ``unique_key`` /
+        ``unique_until`` ("success" or "start") / ``on_duplicate`` ("return" or "raise"),
+        and ``batch``; see :class:`pgjobs.JobOptions`. ``name`` defaults to
+        ``module.qualname``; give one explicitly when producers enqueue by name or the
+        module may move.
 
         Handler settings (used by the worker, not stored with the job): ``timeout``
         (seconds; an async handler is cancelled, a sync one is asked to stop through
@@ -346,7 +349,8 @@ class Task(Generic[P, R]):
 
     def options(self, **changes: Any) -> Task[P, R]:
         """A copy with other enqueue options: queue, priority, max_attempts, run_at,
-        run_in, expires_at, expires_in."""
+        run_in, expires_at, expires_in, unique_for, unique_key, unique_until,
+        on_duplicate, batch (see :class:`pgjobs.JobOptions`)."""
         copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
         copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
         return copy
