@@ -108,6 +108,7 @@ class App:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
+        self._alock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<pgjobs.App schema={self.config.schema!r} tasks={len(self.tasks)}>"
@@ -147,7 +148,8 @@ class App:
             raise InvalidOption("retry_backoff must be a callable: attempt -> seconds")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
-            task_name = check_task_name(name or f"{func.__module__}.{func.__qualname__}")
+            default = f"{func.__module__}.{func.__qualname__}"
+            task_name = check_task_name(default if name is None else name)
             if task_name in self.tasks:
                 raise ConfigurationError(
                     f"task name {task_name!r} is registered twice; pass @app.job(name=...)"
@@ -214,6 +216,10 @@ class App:
 
     async def apool(self) -> AsyncConnectionPool[AnyAsyncConnection]:
         """The async twin of :attr:`pool`, opened on first use."""
+        async with self._alock:
+            return await self._open_apool()
+
+    async def _open_apool(self) -> AsyncConnectionPool[AnyAsyncConnection]:
         if self._apool is None:
             pool: AsyncConnectionPool[AnyAsyncConnection] = AsyncConnectionPool(
                 self.dsn,

@@ -62,6 +62,10 @@ def check_task_name(value: object) -> str:
 
 def check_schema(value: object) -> str:
     hint = "use 1-50 characters from letters, digits and '_', starting with a letter or '_'"
+    if isinstance(value, str) and value.lower() == "public":
+        # pgjobs keeps its own alembic_version table in its schema; in public it would be
+        # the application's own and break its migrations.
+        raise InvalidName(f"invalid schema name {value!r}: pgjobs needs a schema of its own")
     if isinstance(value, str) and value.startswith("pg_"):
         # PostgreSQL refuses to create schemas with this prefix (reserved for its own).
         raise InvalidName(f"invalid schema name {value!r}: the prefix 'pg_' is reserved; {hint}")
