@@ -166,6 +166,14 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = load_app(app_spec)
+    parent = click.get_current_context().parent
+    explicit = parent is not None and parent.get_parameter_source("schema") not in (
+        click.core.ParameterSource.DEFAULT, None)
+    if explicit and obj.schema != app.config.schema:
+        raise ConfigurationError(
+            f"--schema/PGJOBS_SCHEMA says {obj.schema!r} but {app_spec} uses schema "
+            f"{app.config.schema!r}; the app's schema decides (App(schema=...))"
+        )
     if app.config.dsn is None and obj.dsn_option:
         app.config = replace(app.config, dsn=obj.dsn_option)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`

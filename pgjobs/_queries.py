@@ -200,15 +200,25 @@ RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
 """
 
 # Renews every lease this worker holds, and its own heartbeat, in one round trip. Fenced
-# by token: a lease that was reclaimed is not renewed, and its id is missing from the
+# by token: a lease that was reclaimed is not renewed, and its token is missing from the
 # result, which is how the worker learns that it lost the job.
+# SKIP LOCKED: a row locked by a handler's own open transaction (complete(conn) before its
+# commit) is reported busy (renewed = false) instead of stalling every other lease.
 job_heartbeat = """
-WITH renewed AS (
+WITH held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+),
+lockable AS (
+    SELECT job.id FROM {schema}.jobs AS job JOIN held ON job.id = held.id
+    FOR UPDATE OF job SKIP LOCKED
+),
+renewed AS (
     UPDATE {schema}.jobs AS job
     SET lease_expires_at = clock_timestamp() + %(lease)s::interval
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
-    WHERE job.id = h.id AND job.lease_token = h.token
-    RETURNING job.id
+    FROM held
+    WHERE job.id = held.id AND job.lease_token = held.token
+      AND job.id IN (SELECT id FROM lockable)
+    RETURNING job.lease_token
 ),
 beat AS (
     UPDATE {schema}.workers SET heartbeat_at = clock_timestamp()
@@ -216,7 +226,9 @@ beat AS (
     RETURNING id
 )
 -- beat is data-modifying, so it runs although nothing selects from it
-SELECT id FROM renewed
+SELECT lease_token, true FROM renewed
+UNION ALL
+SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
 """
 
 # Writes a flush of outcomes in one statement. Every row is fenced by its lease token:

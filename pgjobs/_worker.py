@@ -31,7 +31,7 @@ from ._completer import Completer, Pending
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
-from ._executor import Executor, elapsed_ms
+from ._executor import Executor, default_backoff, elapsed_ms, failure
 from ._job import ClaimedJob, JobContext
 from ._maintenance import default_steps
 
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from ._app import App
 
 log = logging.getLogger("pgjobs.worker")
+
+
+class WorkerStopped(Exception):
+    """Stop was requested before the worker got going."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,9 @@ class WorkerConfig:
     """Seconds between reclaim runs. None: lease / 2, at most 10."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
+            queues = tuple(q.strip() for q in self.queues.split(",") if q.strip())
+            object.__setattr__(self, "queues", queues)
         if self.queues is not None:
             if not self.queues:
                 raise InvalidOption("queues must name at least one queue")
@@ -78,7 +85,8 @@ class WorkerConfig:
         for name in ("concurrency", "recovery_budget"):
             value = getattr(self, name)
             if type(value) is not int or value < (1 if name == "concurrency" else 0):
-                raise InvalidOption(f"{name} must be a positive int, not {value!r}")
+                least = 1 if name == "concurrency" else 0
+                raise InvalidOption(f"{name} must be an int >= {least}, not {value!r}")
         if self.lease < 1:
             raise InvalidOption("lease must be at least 1 second")
         for name in ("shutdown_timeout", "poll_interval"):
@@ -101,14 +109,16 @@ class Worker:
         self.maintenance = default_steps(self.queries, config.lease, config.recovery_budget)
         if config.reclaim_interval:
             self.maintenance[0].interval = config.reclaim_interval
-        self.running: dict[int, tuple[JobContext, asyncio.Task[None]]] = {}
-        self.leases: dict[int, JobContext] = {}
+        # Keyed by lease token: a job this worker lost and claimed again is two attempts.
+        self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.worker_id: int | None = None
         self.stopping = False
         self.quieted = False
         self.shutdown_timeout = config.shutdown_timeout
         self._wake: asyncio.Event | None = None
+        self._immediately: asyncio.Event | None = None
 
     # -- control (signal handlers call these) ------------------------------------------
 
@@ -118,6 +128,11 @@ class Worker:
             return
         if immediately:
             self.shutdown_timeout = 0
+            if self._immediately is not None:
+                self._immediately.set()
+        if not self.stopping:
+            for ctx, _ in self.running.values():
+                ctx.shutting_down = True
         self.stopping = True
         self._poke()
 
@@ -137,6 +152,7 @@ class Worker:
     async def run(self) -> Counter[str]:
         """Run until stopped; return the count of outcomes by kind."""
         self._wake = asyncio.Event()
+        self._immediately = asyncio.Event()
         dsn, prepare = self.app.dsn, self.app.config.prepare
         self.claim_db = Connector(dsn, "claim", prepare)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
@@ -146,6 +162,12 @@ class Worker:
         try:
             await self._check_schema()
             self.worker_id = await self._register()
+        except WorkerStopped as exc:
+            log.warning("pgjobs worker: %s", exc)
+            for db in (self.claim_db, self.beat_db, complete_db, self.maintenance_db):
+                await db.close()
+            self.executor.shutdown()
+            return self.stats
         except BaseException:
             for db in (self.claim_db, self.beat_db, complete_db, self.maintenance_db):
                 await db.close()
@@ -198,6 +220,8 @@ class Worker:
                     found = version[0] if version else None
                 break
             except TRANSIENT as exc:
+                if self.stopping:
+                    raise WorkerStopped("stopped before the database could be reached") from exc
                 await self.claim_db.backoff(exc)
         head = head_revision()
         if found != head:
@@ -218,6 +242,8 @@ class Worker:
                 assert row is not None
                 return int(row[0])
             except TRANSIENT as exc:
+                if self.stopping:
+                    raise WorkerStopped("stopped before the database could be reached") from exc
                 await self.claim_db.backoff(exc)
 
     async def _claim_loop(self) -> None:
@@ -268,15 +294,24 @@ class Worker:
         return [ClaimedJob(*row) for row in rows]
 
     def _start(self, job: ClaimedJob) -> None:
+        for stale, _ in list(self.running.values()):
+            if stale.id == job.id:  # our earlier attempt lost its lease and was reclaimed
+                self._lease_lost(stale)
         ctx = JobContext(job, self.queries)
-        self.leases[job.id] = ctx
+        if self.stopping:
+            ctx.shutting_down = True
+        self.leases[job.lease_token] = ctx
         task = asyncio.create_task(self._run_job(ctx))
-        self.running[job.id] = (ctx, task)
+        self.running[job.lease_token] = (ctx, task)
 
     async def _run_job(self, ctx: JobContext) -> None:
         started = time.perf_counter()
-        outcome = await self.executor.execute(ctx.job, ctx)
-        self.running.pop(ctx.id, None)
+        try:
+            outcome = await self.executor.execute(ctx.job, ctx)
+        except BaseException as exc:
+            outcome = failure(ctx.job, exc, default_backoff)
+            log.exception("job %s: internal error, recorded as a failure", ctx.id)
+        self.running.pop(ctx.job.lease_token, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
         log.info(
@@ -287,7 +322,7 @@ class Worker:
 
     def _written(self, batch: list[Pending]) -> None:
         for pending in batch:
-            self.leases.pop(pending.ctx.id, None)
+            self.leases.pop(pending.ctx.job.lease_token, None)
         _failpoints.hit("after_complete_commit")
 
     # -- leases ------------------------------------------------------------------------
@@ -306,7 +341,7 @@ class Worker:
             try:
                 conn = await self.beat_db.get()
                 cursor = await conn.execute(self.queries.job_heartbeat, params)
-                renewed = {row[0] for row in await cursor.fetchall()}
+                rows = await cursor.fetchall()
                 last_ok = time.monotonic()
             except TRANSIENT as exc:
                 if time.monotonic() - last_ok > self.config.lease:
@@ -316,8 +351,10 @@ class Worker:
                         self._lease_lost(ctx)
                 await self.beat_db.backoff(exc)
                 continue
+            answered = {token for token, _ in rows}  # renewed, or busy (locked by its tx)
             for ctx in held:
-                if ctx.id not in renewed and ctx.id in self.leases and not ctx.completed:
+                token = ctx.job.lease_token
+                if token not in answered and token in self.leases and not ctx.completed:
                     self._lease_lost(ctx)
 
     def _lease_lost(self, ctx: JobContext) -> None:
@@ -326,7 +363,7 @@ class Worker:
         log.warning("job %s lost its lease (attempt %s): stopping it", ctx.id, ctx.attempt)
         ctx.lease_lost_event.set()
         ctx.stop_event.set()
-        entry = self.running.get(ctx.id)
+        entry = self.running.get(ctx.job.lease_token)
         task = self.app.tasks.get(ctx.task)
         if entry is not None and task is not None and task.is_async:
             entry[1].cancel()
@@ -376,9 +413,15 @@ class Worker:
         if not self.config.burst or self.running:
             await self._set_state("stopping")
         tasks = [task for _, task in self.running.values()]
-        if tasks:
+        if tasks and self.shutdown_timeout > 0:
             log.info("waiting up to %ss for %d running job(s)", self.shutdown_timeout, len(tasks))
-            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            assert self._immediately is not None
+            cut_short = asyncio.create_task(self._immediately.wait())
+            everything = asyncio.ensure_future(asyncio.wait(tasks))
+            await asyncio.wait([everything, cut_short], timeout=self.shutdown_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            cut_short.cancel()
+            everything.cancel()
         if self.running:
             log.warning("interrupting %d job(s) after the shutdown timeout; they are "
                         "released to run again", len(self.running))
