@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
@@ -23,6 +24,8 @@ from ._enqueue import (
     translated_errors,
 )
 from ._errors import ConfigurationError, InvalidOption, MissingDatabaseURL, UnknownTask
+from ._limits import NO_KEY_LIMIT, KeyLimit
+from ._periodic import Schedule, make_schedule
 from ._queries import Queries
 
 P = ParamSpec("P")
@@ -80,6 +83,7 @@ class App:
         self.config = Config(dsn=dsn, schema=schema, **settings)
         self.queries = Queries(schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
@@ -110,6 +114,12 @@ class App:
         (seconds; an async handler is cancelled, a sync one is asked to stop through
         ``current_job().should_stop`` and its attempt fails when it returns) and
         ``retry_backoff`` (``attempt -> seconds`` before the next try).
+
+        Per-key limits, enforced by the claim across all workers (docs/queues.md):
+        ``concurrency_key`` (a format string over the job's arguments such as
+        ``"customer:{customer_id}"``, or a callable of them; default: the task name),
+        ``concurrency_limit`` (most running jobs per key) and ``rate_limit`` with
+        ``rate_period`` (most starts per key in any window of that length).
         """
         timeout = options.pop("timeout", None)
         retry_backoff = options.pop("retry_backoff", None)
@@ -124,13 +134,56 @@ class App:
                 raise ConfigurationError(
                     f"task name {task_name!r} is registered twice; pass @app.job(name=...)"
                 )
-            task: Task[P, R] = Task(self, task_name, JobOptions().merge(options), func)
+            task_options = dict(options)
+            limit = KeyLimit.pop_options(task_name, task_options)
+            task: Task[P, R] = Task(self, task_name, JobOptions().merge(task_options), func)
             task.timeout = None if timeout is None else float(timeout)
             task.retry_backoff = retry_backoff
+            task.limit = limit
             self.tasks[task_name] = task
             return task
 
         return register if fn is None else register(fn)
+
+    def periodic(
+        self, cron: str, *, name: str | None = None, kwargs: Mapping[str, Any] | None = None,
+        tz: str = "UTC", catch_up: str = "latest", catch_up_window: timedelta | None = None,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Enqueue the task below at every tick of ``cron`` (stack it above ``@app.job``).
+
+        ``cron``: five fields, or six with seconds last (``"* * * * * */10"``), read in
+        ``tz``. ``name`` (default: the task's name) identifies the schedule in the
+        ``periodic`` table; give one per schedule when a task has several. ``kwargs``: the
+        job's arguments. ``catch_up``: what happens to ticks missed while no worker ran:
+        ``"latest"`` enqueues the newest once, ``"skip"`` none (only ticks found less than
+        a minute late run), ``"all"`` every one within ``catch_up_window`` (default one
+        hour). Every worker process enqueues due ticks, each exactly once.
+        """
+
+        def register(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                          catch_up_window=catch_up_window)
+            return task
+
+        return register
+
+    def schedule(
+        self, task: Task[..., Any], cron: str, *, name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None, tz: str = "UTC", catch_up: str = "latest",
+        catch_up_window: timedelta | None = None,
+    ) -> Schedule:
+        """:meth:`periodic` as a call: ``app.schedule(task, "0 * * * *", ...)``."""
+        if task.app is not self:
+            raise ConfigurationError(f"{task.name} belongs to another App; schedule it there")
+        entry = make_schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                              catch_up_window=catch_up_window)
+        if entry.name in self.schedules:
+            raise ConfigurationError(
+                f"periodic schedule {entry.name!r} is declared twice; give each one a "
+                "name=... of its own"
+            )
+        self.schedules[entry.name] = entry
+        return entry
 
     def task(self, name: str, **options: Any) -> Task[..., Any]:
         """The task called ``name``: the registered one, or a reference for producers that
@@ -216,7 +269,7 @@ class App:
 class Task(Generic[P, R]):
     """A registered handler plus enqueue defaults. Calling it runs the function directly."""
 
-    __slots__ = ("app", "encoder", "fn", "name", "opts", "retry_backoff", "timeout")
+    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "retry_backoff", "timeout")
 
     def __init__(
         self, app: App, name: str, opts: JobOptions, fn: Callable[P, R] | None,
@@ -229,6 +282,7 @@ class Task(Generic[P, R]):
         self.encoder = encoder or _encoder_for(app, name, fn)
         self.timeout: float | None = None
         self.retry_backoff: Callable[[int], float] | None = None
+        self.limit: KeyLimit | None = None
 
     def __repr__(self) -> str:
         return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
@@ -247,6 +301,7 @@ class Task(Generic[P, R]):
         run_in, expires_at, expires_in."""
         copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
         copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
+        copy.limit = self.limit
         return copy
 
     def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
@@ -264,8 +319,12 @@ class Task(Generic[P, R]):
 
     def _params(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         return job_params(
-            self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel
+            self.name, self.opts, self.encoder.encode(kwargs), self.app.config.channel,
+            self._limits(kwargs),
         )
+
+    def _limits(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
 
     def _insert(self, conn: AnyConnection, params: dict[str, Any]) -> Enqueued:
         with translated_errors(self.app.config.schema):
@@ -290,7 +349,7 @@ class Task(Generic[P, R]):
         batch = Rows()
         encode = self.encoder.encode
         for kwargs in rows:
-            batch.add(self.name, self.opts, encode(kwargs))
+            batch.add(self.name, self.opts, encode(kwargs), self._limits(kwargs))
         return batch
 
     def _insert_many(self, conn: AnyConnection, params: dict[str, Any]) -> list[Enqueued]:

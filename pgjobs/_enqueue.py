@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from ._errors import ArgsTooLarge, InvalidArgs, InvalidName, InvalidOption, SchemaNotReady
+from ._limits import NO_KEY_LIMIT
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
@@ -213,9 +214,15 @@ class Rows:
     run_in: list[timedelta] = field(default_factory=list)
     expires_at: list[datetime | None] = field(default_factory=list)
     expires_in: list[timedelta | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
+    concurrency_limit: list[int | None] = field(default_factory=list)
+    rate_limit: list[int | None] = field(default_factory=list)
+    rate_period: list[timedelta | None] = field(default_factory=list)
 
-    def add(self, task: str, opts: JobOptions, args: str) -> None:
-        row = job_params(task, opts, args, channel="")
+    def add(
+        self, task: str, opts: JobOptions, args: str, limits: Mapping[str, Any] = NO_KEY_LIMIT
+    ) -> None:
+        row = job_params(task, opts, args, channel="", limits=limits)
         for name in ROW_COLUMNS:
             getattr(self, name).append(row[name])
 
@@ -232,9 +239,14 @@ ROW_COLUMNS = tuple(f.name for f in fields(Rows))
 ZERO = timedelta(0)
 
 
-def job_params(task: str, opts: JobOptions, args: str, channel: str) -> dict[str, Any]:
-    """Parameters of ``job_insert`` for one job (times relative to the database clock)."""
+def job_params(
+    task: str, opts: JobOptions, args: str, channel: str,
+    limits: Mapping[str, Any] = NO_KEY_LIMIT,
+) -> dict[str, Any]:
+    """Parameters of ``job_insert`` for one job (times relative to the database clock);
+    ``limits`` are the per-key limit columns (``KeyLimit.columns``)."""
     return {
+        **limits,
         "queue": opts.queue,
         "task": task,
         "args": args,

@@ -7,6 +7,7 @@ for another's query:
     complete  the completer's batched, fenced outcome writes
     heartbeat lease renewal for every held job, every lease/3
     listen    LISTEN for enqueue notifications; polling covers any gap
+    maintenance  periodic ticks (not in burst mode) and pruning of idle limit keys
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, elapsed_ms
 from ._job import ClaimedJob, JobContext
-from ._maintenance import Reclaimer
+from ._maintenance import LimitKeyPruner, Maintenance, Reclaimer
+from ._periodic import PeriodicEnqueuer
 
 if TYPE_CHECKING:
     from ._app import App
@@ -161,11 +163,23 @@ class Worker:
         ]
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="pgjobs-listen"))
+        maintenance_db = Connector(dsn, "maintenance", prepare)
+        background.append(asyncio.create_task(
+            self._maintenance(maintenance_db).run(), name="pgjobs-maintenance"))
         try:
             await self._claim_loop()
         finally:
-            await self._shutdown(background, [self.claim_db, self.beat_db, complete_db])
+            await self._shutdown(
+                background, [self.claim_db, self.beat_db, complete_db, maintenance_db])
         return self.stats
+
+    def _maintenance(self, connector: Connector) -> Maintenance:
+        # A burst worker (drain, then exit) enqueues no periodic ticks: tests that drain
+        # must not find cron jobs appearing under them.
+        steps: list[Any] = [LimitKeyPruner(self.queries)]
+        if not self.config.burst:
+            steps.append(PeriodicEnqueuer(self.app))
+        return Maintenance(connector, steps)
 
     async def _check_schema(self) -> None:
         """Refuse to run against a schema older (or newer) than this code."""
@@ -226,8 +240,8 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
-            if len(jobs) == free:
-                continue
+            if jobs:
+                continue  # more may be due: a claim can stop short of `free` (key limits)
             if self.config.burst and not jobs and not self.running:
                 await self.completer.drain()  # retries written as due may be claimable
                 jobs = await self._claim(free)
