@@ -173,7 +173,7 @@ class App:
         catch_up_window: timedelta | None = None,
     ) -> Schedule:
         """:meth:`periodic` as a call: ``app.schedule(task, "0 * * * *", ...)``."""
-        if task.app is not self:
+        if isinstance(task, Task) and task.app is not self:
             raise ConfigurationError(f"{task.name} belongs to another App; schedule it there")
         entry = make_schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
                               catch_up_window=catch_up_window)

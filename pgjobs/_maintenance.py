@@ -86,7 +86,8 @@ class Maintenance:
                 try:
                     conn = await self.connector.get()
                     await step.run_once(conn)
-                except TRANSIENT as exc:
+                except (*TRANSIENT, psycopg.errors.IdleInTransactionSessionTimeout) as exc:
+                    # (the server ends a transaction left idle too long: see periodic_guard)
                     step.next_run = 0.0
                     await self.connector.backoff(exc)
                     break

@@ -23,6 +23,7 @@ import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterError
 
+from . import _failpoints
 from ._errors import ConfigurationError, InvalidOption
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class PeriodicEnqueuer:
                 })
                 if await cursor.fetchone() is None:
                     return enqueued  # another worker handled this tick
+                _failpoints.hit("periodic_after_advance")  # holding the row lock
                 ids, stamps = [], []
                 for tick in ticks:
                     # The ordinary enqueue statement: unique keys, key limits and
