@@ -73,8 +73,57 @@ SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 # - clock_timestamp(), not now(): the lease is measured from when the row is taken.
 # - attempt + 1 here, so a crash after this commit still counts as a started attempt; a
 #   reclaim refunds it (recoveries are counted apart).
-# Queue controls and limits (see docs/queues.md) are enforced here too, so they hold for
-# any number of workers:
+# - `settings` reads `queues` once: paused queues drop out, and so do queues with a limit
+#   and jobs with a concurrency key, which only job_claim_limited may start. This is the
+#   statement a worker sends while none of that concerns it (see _limits.ClaimRouter):
+#   it takes no lock beyond the claimed rows, and plans in a fraction of the time.
+job_claim = """
+WITH settings AS MATERIALIZED (
+    SELECT q.name
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    LEFT JOIN {schema}.queues AS s ON s.name = q.name
+    WHERE s.name IS NULL
+       OR (NOT s.paused AND s.concurrency_limit IS NULL AND s.rate_limit IS NULL)
+),
+candidates AS (
+    SELECT j.id
+    FROM settings AS q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM {schema}.jobs
+        WHERE queue = q.name AND state = 'available' AND run_at <= now()
+          AND (expires_at IS NULL OR expires_at > now())
+          AND concurrency_key IS NULL
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) j
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT %(limit)s
+)
+UPDATE {schema}.jobs AS job
+SET state = 'running',
+    attempt = job.attempt + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = clock_timestamp() + %(lease)s::interval,
+    worker_id = %(worker_id)s,
+    started_at = clock_timestamp()
+FROM candidates
+WHERE job.id = candidates.id
+RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
+          job.lease_token, job.recoveries, job.batch_id
+"""
+
+# The queues of a worker that have limits (the worker then claims with
+# job_claim_limited). Read about once a second; job_claim itself never relies on it.
+queue_limited = """
+SELECT name FROM {schema}.queues
+WHERE name = ANY(%(queues)s::text[]) AND NOT paused
+  AND (concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL)
+"""
+
+# job_claim, and queue and key limits (docs/queues.md) on top, enforced in the claim so
+# they hold for any number of workers:
 # - `settings` reads `queues` once: paused queues drop out; a queue without limits keeps
 #   the plain SKIP LOCKED path and takes no lock at all.
 # - A limited queue's row is locked (FOR UPDATE, in name order so claimers never
@@ -91,7 +140,7 @@ SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 #   first use) and computes the grant from its latest version. Keys are upserted in key
 #   order, so two claimers never wait on each other's keys in a cycle. Only candidates
 #   that have a key pay for this; the rest skip it.
-job_claim = """
+job_claim_limited = """
 WITH settings AS MATERIALIZED (
     SELECT q.name,
            coalesce(s.concurrency_limit IS NOT NULL OR s.rate_limit IS NOT NULL, false)
@@ -188,6 +237,7 @@ granted AS (
                CASE WHEN excluded.rate_limit IS NULL THEN '{{}}'::timestamptz[]
                     ELSE ARRAY(SELECT x.at FROM unnest(
                              array_fill(g.at, ARRAY[g.n]) || k.recent_starts) AS x(at)
+                         WHERE x.at > g.at - excluded.rate_period
                          ORDER BY x.at DESC LIMIT excluded.rate_limit) END,
                g.at
         FROM wanted AS w
@@ -237,11 +287,13 @@ claimed AS (
 ),
 counted AS (
     -- the limited queues' rows, still locked by `locked`: count the starts, and keep
-    -- the newest rate_limit start times (the jobs' own started_at) for the rate window
+    -- the start times (the jobs' own started_at) still in the window, newest rate_limit
+    -- of them: older ones can never count again
     UPDATE {schema}.queues AS s
     SET claimed = s.claimed + c.n,
         recent_starts = CASE WHEN s.rate_limit IS NULL THEN '{{}}'::timestamptz[]
             ELSE ARRAY(SELECT x.at FROM unnest(c.starts || s.recent_starts) AS x(at)
+                       WHERE x.at > clock_timestamp() - s.rate_period
                        ORDER BY x.at DESC LIMIT s.rate_limit) END
     FROM (SELECT queue, count(*) AS n, array_agg(started_at) AS starts
           FROM claimed GROUP BY queue) AS c
@@ -531,6 +583,8 @@ NAMES = (
     "job_insert",
     "job_insert_many",
     "job_claim",
+    "job_claim_limited",
+    "queue_limited",
     "job_heartbeat",
     "job_complete_many",
     "job_complete_fenced",
@@ -571,6 +625,8 @@ class Queries:
     job_insert: sql.Composed
     job_insert_many: sql.Composed
     job_claim: sql.Composed
+    job_claim_limited: sql.Composed
+    queue_limited: sql.Composed
     job_heartbeat: sql.Composed
     job_complete_many: sql.Composed
     job_complete_fenced: sql.Composed

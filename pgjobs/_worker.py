@@ -32,6 +32,7 @@ from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, elapsed_ms
 from ._job import ClaimedJob, JobContext
+from ._limits import ClaimRouter
 from ._maintenance import LimitKeyPruner, Maintenance, Reclaimer
 from ._periodic import PeriodicEnqueuer
 
@@ -103,6 +104,8 @@ class Worker:
             config.reclaim_interval or min(config.lease / 2, 10.0),
             config.recovery_budget,
         )
+        self.router = ClaimRouter(self.queries, self.queues, keyed=any(
+            t.limit is not None and t.opts.queue in self.queue_set for t in app.tasks.values()))
         self.running: dict[int, tuple[JobContext, asyncio.Task[None]]] = {}
         self.leases: dict[int, JobContext] = {}
         self.stats: Counter[str] = Counter()
@@ -263,7 +266,8 @@ class Worker:
             conn = await self.claim_db.get()
             if self.reclaimer.due():
                 await self.reclaimer.run_once(conn)
-            cursor = await conn.execute(self.queries.job_claim, {
+            statement = await self.router.statement(conn)
+            cursor = await conn.execute(statement, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })

@@ -46,10 +46,11 @@ def pgjobs_cli(dsn: str, *args: str) -> str:
     return result.output
 
 
-def claim(dsn: str, queues: tuple[str, ...] = ("default",), limit: int = 100) -> list[int]:
+def claim(dsn: str, queues: tuple[str, ...] = ("default",), limit: int = 100,
+          statement: str = "job_claim_limited") -> list[int]:
     """One claim statement, as a worker sends it; returns the claimed ids."""
     with psycopg.connect(dsn, autocommit=True) as c:
-        rows = c.execute(limits.app.queries.job_claim, {
+        rows = c.execute(getattr(limits.app.queries, statement), {
             "queues": list(queues), "limit": limit, "lease": timedelta(seconds=30),
             "worker_id": None}).fetchall()
     return sorted(row[0] for row in rows)
@@ -84,7 +85,19 @@ def test_a_paused_queue_is_not_claimed_until_resumed(dsn: str) -> None:
     # Plain SQL works as well as the command line.
     query(dsn, "UPDATE pgjobs.queues SET paused = true WHERE name = 'limited'")
     enqueue_many(dsn, limits.held, [{"seconds": 0}])
-    assert claim(dsn, ("limited",)) == []
+    assert claim(dsn, ("limited",)) == claim(dsn, ("limited",), statement="job_claim") == []
+
+
+def test_the_plain_claim_leaves_limited_queues_and_keyed_jobs_to_the_limited_one(
+    dsn: str,
+) -> None:
+    held = enqueue_many(dsn, limits.held, [{"seconds": 0}] * 2)
+    keyed = enqueue_many(dsn, limits.per_customer, [{"customer_id": 1, "seconds": 0}])
+    plain = enqueue_many(dsn, limits.sentinel, [{}])
+    pgjobs_cli(dsn, "queue", "limit", "limited", "--concurrency", "1")
+    queues = ("default", "limited", "other")
+    assert claim(dsn, queues, statement="job_claim") == plain
+    assert claim(dsn, queues) == [held[0], *keyed]
 
 
 def test_queue_concurrency_limit(dsn: str) -> None:
@@ -111,7 +124,8 @@ def test_queue_rate_limit_is_a_sliding_window_over_starts(dsn: str) -> None:
     query(dsn, "UPDATE pgjobs.queues SET recent_starts = ARRAY(SELECT s - interval '2 hours' "
                "FROM unnest(recent_starts) s)")
     assert claim(dsn, ("rated",)) == ids[3:]
-    assert scalar(dsn, "SELECT cardinality(recent_starts) FROM pgjobs.queues") == 3
+    # Starts that left the window are forgotten: only the two new ones are kept.
+    assert scalar(dsn, "SELECT cardinality(recent_starts) FROM pgjobs.queues") == 2
 
 
 def test_key_concurrency_limit_per_customer_without_blocking_other_keys(dsn: str) -> None:

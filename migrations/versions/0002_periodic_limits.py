@@ -3,7 +3,7 @@
 - ``jobs`` gains the per-key limit a job was enqueued with (``concurrency_key`` and its
   limits), plus a partial index that counts running jobs per key.
 - ``queues`` gains ``claimed`` (a monotonic count of jobs started under a limit) and
-  ``recent_starts`` (the newest start times, for the sliding-window rate limit).
+  ``recent_starts`` (the start times inside the window of the sliding-window rate limit).
 - ``limit_keys`` holds the same two things per concurrency key.
 - ``periodic`` gains ``catch_up_window`` (how far back ``catch_up = 'all'`` reaches).
 
@@ -62,7 +62,7 @@ CREATE TABLE limit_keys (
     concurrency_limit integer,
     rate_limit        integer,
     rate_period       interval,
-    -- The newest start times, at most rate_limit of them, newest first.
+    -- Start times still inside the rate window, newest first, at most rate_limit.
     recent_starts     timestamptz[] NOT NULL DEFAULT '{}',
     created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at        timestamptz NOT NULL DEFAULT clock_timestamp()
