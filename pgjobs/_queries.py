@@ -133,8 +133,10 @@ WHERE name = ANY(%(queues)s::text[]) AND NOT paused
 #   monotonic count of starts) closes that gap: latest claimed - claimed as the snapshot
 #   saw it = starts the snapshot cannot see. Running jobs that finished meanwhile still
 #   look running, so the estimate only ever errs on the safe side.
-# - The rate limit is a sliding window over the newest start times (`recent_starts`,
-#   at most rate_limit of them), read and written under the same lock.
+# - The rate limit is a sliding window over the start times inside it (`recent_starts`,
+#   oldest first, at most rate_limit of them), read and written under the same lock.
+#   Kept sorted, the array is counted and trimmed by binary search (width_bucket gives
+#   the number of elements <= its operand) and a slice, never unnested or sorted.
 # - Per-key limits (jobs.concurrency_key) use the same two ideas on a `limit_keys` row,
 #   through INSERT ... ON CONFLICT DO UPDATE: the upsert locks the key's row (created on
 #   first use) and computes the grant from its latest version. Keys are upserted in key
@@ -167,9 +169,8 @@ room AS MATERIALIZED (
             - (SELECT count(*) FROM {schema}.jobs AS r
                WHERE r.state = 'running' AND r.queue = l.name)
             - (l.claimed - s.seen_claimed),
-        l.rate_limit
-            - (SELECT count(*) FROM unnest(l.recent_starts) AS x(at)
-               WHERE x.at > clock_timestamp() - l.rate_period)
+        l.rate_limit - cardinality(l.recent_starts)
+            + width_bucket(clock_timestamp() - l.rate_period, l.recent_starts)
     )) AS n
     FROM locked AS l JOIN settings AS s ON s.name = l.name
 ),
@@ -193,8 +194,9 @@ candidates AS MATERIALIZED (
               AND (a.rate_limit IS NULL OR NOT EXISTS (
                   SELECT 1 FROM {schema}.limit_keys AS k
                   WHERE k.key = a.concurrency_key
-                    AND (SELECT count(*) FROM unnest(k.recent_starts) AS x(at)
-                         WHERE x.at > now() - a.rate_period) >= a.rate_limit))))
+                    AND cardinality(k.recent_starts)
+                        - width_bucket(now() - a.rate_period, k.recent_starts)
+                        >= a.rate_limit))))
         ORDER BY a.priority, a.run_at, a.id
         LIMIT CASE WHEN q.limited THEN coalesce(room.n, 0) ELSE %(limit)s END
         FOR UPDATE SKIP LOCKED
@@ -234,11 +236,13 @@ granted AS (
          recent_starts, updated_at) = (
         SELECT k.claimed + g.n, g.n, g.at, excluded.concurrency_limit, excluded.rate_limit,
                excluded.rate_period,
+               -- append the new starts (the newest: this claim holds the key's lock),
+               -- drop those that left the window, keep at most rate_limit
                CASE WHEN excluded.rate_limit IS NULL THEN '{{}}'::timestamptz[]
-                    ELSE ARRAY(SELECT x.at FROM unnest(
-                             array_fill(g.at, ARRAY[g.n]) || k.recent_starts) AS x(at)
-                         WHERE x.at > g.at - excluded.rate_period
-                         ORDER BY x.at DESC LIMIT excluded.rate_limit) END,
+                    ELSE (k.recent_starts || array_fill(g.at, ARRAY[g.n]))[greatest(
+                        width_bucket(g.at - excluded.rate_period, k.recent_starts) + 1,
+                        cardinality(k.recent_starts) + g.n - excluded.rate_limit + 1):]
+               END,
                g.at
         FROM wanted AS w
         CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) AS t
@@ -250,9 +254,8 @@ granted AS (
                     -- after pruning) since the snapshot counts in full
                     - CASE WHEN w.seen_created_at = k.created_at
                            THEN k.claimed - w.seen_claimed ELSE k.claimed END,
-                excluded.rate_limit
-                    - (SELECT count(*) FROM unnest(k.recent_starts) AS x(at)
-                       WHERE x.at > t.at - excluded.rate_period)
+                excluded.rate_limit - cardinality(k.recent_starts)
+                    + width_bucket(t.at - excluded.rate_period, k.recent_starts)
             ))::integer AS n
         ) AS g
         WHERE w.key = k.key
@@ -286,16 +289,17 @@ claimed AS (
               job.lease_token, job.recoveries, job.batch_id, job.started_at
 ),
 counted AS (
-    -- the limited queues' rows, still locked by `locked`: count the starts, and keep
-    -- the start times (the jobs' own started_at) still in the window, newest rate_limit
-    -- of them: older ones can never count again
+    -- the limited queues' rows, still locked by `locked`: count the starts, and append
+    -- their times (the jobs' own started_at, later than any recorded) to the window,
+    -- dropping those that left it and keeping at most rate_limit
     UPDATE {schema}.queues AS s
     SET claimed = s.claimed + c.n,
         recent_starts = CASE WHEN s.rate_limit IS NULL THEN '{{}}'::timestamptz[]
-            ELSE ARRAY(SELECT x.at FROM unnest(c.starts || s.recent_starts) AS x(at)
-                       WHERE x.at > clock_timestamp() - s.rate_period
-                       ORDER BY x.at DESC LIMIT s.rate_limit) END
-    FROM (SELECT queue, count(*) AS n, array_agg(started_at) AS starts
+            ELSE (s.recent_starts || c.starts)[greatest(
+                width_bucket(clock_timestamp() - s.rate_period, s.recent_starts) + 1,
+                cardinality(s.recent_starts) + c.n - s.rate_limit + 1):] END
+    FROM (SELECT queue, count(*)::integer AS n,
+                 array_agg(started_at ORDER BY started_at) AS starts
           FROM claimed GROUP BY queue) AS c
     WHERE s.name = c.queue AND s.name IN (SELECT name FROM locked)
 )

@@ -62,7 +62,7 @@ CREATE TABLE limit_keys (
     concurrency_limit integer,
     rate_limit        integer,
     rate_period       interval,
-    -- Start times still inside the rate window, newest first, at most rate_limit.
+    -- Start times still inside the rate window, oldest first, at most rate_limit.
     recent_starts     timestamptz[] NOT NULL DEFAULT '{}',
     created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at        timestamptz NOT NULL DEFAULT clock_timestamp()
