@@ -43,11 +43,13 @@ class Reclaimer:
 
 
 class Step(Protocol):
-    """A maintenance step: ``run_once`` every ``interval`` seconds (``next_run`` is the
-    monotonic time of its next run)."""
+    """A maintenance step: ``run_once`` when ``due()``; ``run_once`` sets ``next_run``
+    (monotonic seconds) ``interval`` seconds ahead."""
 
     interval: float
     next_run: float
+
+    def due(self) -> bool: ...
 
     async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> Any: ...
 
@@ -61,7 +63,11 @@ class LimitKeyPruner:
         self.limit = limit
         self.next_run = time.monotonic() + interval
 
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_run
+
     async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        self.next_run = time.monotonic() + self.interval
         cursor = await conn.execute(self.queries.limit_key_prune, {"limit": self.limit})
         return cursor.rowcount
 
@@ -80,18 +86,17 @@ class Maintenance:
             return
         while True:
             for step in self.steps:
-                if time.monotonic() < step.next_run:
+                if not step.due():
                     continue
-                step.next_run = time.monotonic() + step.interval
                 try:
                     conn = await self.connector.get()
                     await step.run_once(conn)
-                except (*TRANSIENT, psycopg.errors.IdleInTransactionSessionTimeout) as exc:
-                    # (the server ends a transaction left idle too long: see periodic_guard)
+                except TRANSIENT as exc:
                     step.next_run = 0.0
                     await self.connector.backoff(exc)
                     break
                 except Exception:
+                    step.next_run = time.monotonic() + step.interval
                     log.exception("maintenance step %s failed; retrying in %ss",
                                   type(step).__name__, step.interval)
             wake = min(step.next_run for step in self.steps)

@@ -13,6 +13,7 @@ the same transaction as the tick's job insert, so any number of workers enqueue 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from croniter import croniter
 from croniter.croniter import CroniterError
 
 from . import _failpoints
+from ._db import TRANSIENT
 from ._errors import ConfigurationError, InvalidOption
 
 if TYPE_CHECKING:
@@ -180,6 +182,9 @@ class PeriodicEnqueuer:
     def schedules(self) -> dict[str, Schedule]:
         return self.app.schedules
 
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_run
+
     async def sync(self, conn: AnyAsyncConnection) -> list[str]:
         """Upsert the code's schedules and disable the rows no longer in the code;
         returns the names disabled. An app without schedules leaves the table alone."""
@@ -209,19 +214,39 @@ class PeriodicEnqueuer:
         return disabled
 
     async def run_once(self, conn: AnyAsyncConnection) -> list[int]:
-        """Enqueue every due tick; returns the ids of the jobs this worker enqueued."""
+        """Enqueue every due tick; returns the ids of the jobs this worker enqueued.
+
+        A lost connection propagates (the caller reconnects); any other failure of one
+        schedule is logged and leaves the other schedules running.
+        """
+        self.next_run = time.monotonic() + self.interval
         if not self.schedules:
             return []
-        if not self.synced:
-            await self.sync(conn)
-        cursor = await conn.execute(
-            self.queries.periodic_state, {"names": list(self.schedules)}
-        )
+        try:
+            if not self.synced:
+                await self.sync(conn)
+            cursor = await conn.execute(
+                self.queries.periodic_state, {"names": list(self.schedules)}
+            )
+            rows = await cursor.fetchall()
+        except psycopg.errors.IdleInTransactionSessionTimeout as exc:
+            raise psycopg.OperationalError(str(exc)) from exc
         enqueued: list[int] = []
-        for name, base, last_tick, now in await cursor.fetchall():
+        for name, base, last_tick, now in rows:
             schedule = self.schedules.get(name)
-            if schedule is not None:
+            if schedule is None:
+                continue
+            try:
                 enqueued += await self.advance(conn, schedule, base, last_tick, now)
+            except psycopg.errors.IdleInTransactionSessionTimeout as exc:
+                # The server ended this session while it sat in a tick transaction (see
+                # periodic_advance): a lost connection, for whoever runs this step.
+                raise psycopg.OperationalError(str(exc)) from exc
+            except TRANSIENT:
+                raise
+            except Exception:
+                log.exception("periodic %s: enqueueing its tick failed; trying again in %ss",
+                              name, self.interval)
         return enqueued
 
     async def advance(
@@ -235,7 +260,6 @@ class PeriodicEnqueuer:
             if new_last is None:
                 return enqueued
             async with conn.transaction():
-                await conn.execute(self.queries.periodic_guard)
                 cursor = await conn.execute(self.queries.periodic_advance, {
                     "name": schedule.name, "new": new_last, "old": last_tick,
                 })

@@ -476,14 +476,19 @@ WHERE name = ANY(%(names)s::text[]) AND enabled
 # while another worker is inside its tick transaction, this one moves on instead of
 # waiting for a compare-and-set that would fail anyway. The sub-select re-checks
 # last_tick on the row's latest version once it holds the lock.
+# set_config(..., true): for the rest of this transaction, which now holds the row lock,
+# a worker stopped mid-transaction (SIGSTOP, a VM pause) has its session ended by
+# PostgreSQL after 5 idle seconds: its tick rolls back and the other workers take it.
 periodic_advance = """
 UPDATE {schema}.periodic AS p
 SET last_tick = %(new)s, updated_at = now()
-WHERE p.name = (
-    SELECT name FROM {schema}.periodic
+FROM (
+    SELECT name, set_config('idle_in_transaction_session_timeout', '5s', true) AS guard
+    FROM {schema}.periodic
     WHERE name = %(name)s AND enabled AND last_tick IS NOT DISTINCT FROM %(old)s
     FOR UPDATE SKIP LOCKED
-)
+) AS won
+WHERE p.name = won.name
 RETURNING p.name
 """
 
@@ -500,13 +505,6 @@ WITH stamped AS (
 -- stamped is data-modifying, so it runs although nothing selects from it
 UPDATE {schema}.periodic SET last_job_id = coalesce(%(last_job_id)s, last_job_id)
 WHERE name = %(name)s
-"""
-
-# Inside the tick transaction: a worker stopped mid-transaction (SIGSTOP, a VM pause) must
-# not hold the schedule's row lock for long; PostgreSQL ends its session instead, its
-# transaction rolls back, and the other workers take the tick.
-periodic_guard = """
-SET LOCAL idle_in_transaction_session_timeout = '5s'
 """
 
 periodic_list = """
@@ -603,7 +601,6 @@ NAMES = (
     "periodic_state",
     "periodic_advance",
     "periodic_record",
-    "periodic_guard",
     "periodic_list",
     "queue_set_paused",
     "queue_set_limits",
@@ -645,7 +642,6 @@ class Queries:
     periodic_state: sql.Composed
     periodic_advance: sql.Composed
     periodic_record: sql.Composed
-    periodic_guard: sql.Composed
     periodic_list: sql.Composed
     queue_set_paused: sql.Composed
     queue_set_limits: sql.Composed
