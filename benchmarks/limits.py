@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/limits.py [--rounds 3] [--jobs 5000] [--json out.json]
 
 Each scenario drains the same number of no-op async jobs with one in-process worker
-(the ordinary Worker, burst mode) and reports jobs per second. Limits are set high
-enough never to bind, so the difference to the unlimited baseline is the price of
-enforcing them; the scenarios alternate within each round so that they see the same
-machine. One extra scenario runs the claim statement as it was before limits existed,
-to show what the unlimited fast path pays for them.
+(the ordinary Worker, burst mode) and reports jobs per second. The worker picks its claim
+statement as always: job_claim while none of its queues has a limit and none of its
+tasks a key, job_claim_limited otherwise. Limits are set high enough never to bind, so
+the difference to the unlimited baseline is the price of enforcing them; the scenarios
+alternate within each round so that they see the same machine. One extra scenario runs
+the claim statement as it was before limits existed, to show what the unlimited path
+pays for them.
 
 Starts its own PostgreSQL (the embedded wheel, default durability) unless
 PGJOBS_BENCH_DSN names one; uses a scratch schema.
@@ -39,8 +41,11 @@ from pgjobs._queries import compose
 from pgjobs.testing import adrain
 
 SCHEMA = "pgjobs_bench_limits"
-app = pgjobs.App(schema=SCHEMA)
 BIG = 1_000_000
+# Two apps: a worker chooses its claim statement from its app's tasks, and one with a keyed
+# task always sends job_claim_limited. The unlimited scenarios must not know those tasks.
+app = pgjobs.App(schema=SCHEMA)
+keyed = pgjobs.App(schema=SCHEMA)
 
 
 @app.job(name="plain")
@@ -48,18 +53,18 @@ async def plain(i: int = 0) -> None:
     pass
 
 
-@app.job(name="key_per_job", concurrency_key="k{i}", concurrency_limit=BIG)
+@keyed.job(name="key_per_job", concurrency_key="k{i}", concurrency_limit=BIG)
 async def key_per_job(i: int) -> None:
     pass
 
 
-@app.job(name="ten_keys", concurrency_key="g{g}", concurrency_limit=BIG)
+@keyed.job(name="ten_keys", concurrency_key="g{g}", concurrency_limit=BIG)
 async def ten_keys(g: int) -> None:
     pass
 
 
-@app.job(name="ten_keys_rated", concurrency_key="r{g}", rate_limit=BIG,
-         rate_period=timedelta(seconds=1))
+@keyed.job(name="ten_keys_rated", concurrency_key="r{g}", rate_limit=BIG,
+           rate_period=timedelta(seconds=1))
 async def ten_keys_rated(g: int) -> None:
     pass
 
@@ -108,7 +113,7 @@ def drain(dsn: str, task: pgjobs.Task[..., Any], rows: list[dict[str, Any]],
     with psycopg.connect(dsn) as conn:
         task.enqueue_many(conn, rows)
     start = time.perf_counter()
-    stats = asyncio.run(adrain(app, concurrency=concurrency))
+    stats = asyncio.run(adrain(task.app, concurrency=concurrency))
     elapsed = time.perf_counter() - start
     assert stats["succeeded"] == len(rows), stats
     return len(rows) / elapsed
@@ -170,7 +175,8 @@ def main() -> None:
             c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
             version = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         _migrate.upgrade(dsn, SCHEMA)
-        app.config = replace(app.config, dsn=dsn)
+        for application in (app, keyed):
+            application.config = replace(application.config, dsn=dsn)
         runs: dict[str, list[float]] = {}
         todo = scenarios(args.jobs, args.concurrency)
         for r in range(args.rounds):
@@ -193,6 +199,7 @@ def main() -> None:
                 indent=2))
     finally:
         app.close()
+        keyed.close()
         if server is not None:
             server.destroy()
             subprocess.run(["rm", "-rf", str(server.datadir.parent)], check=False)
