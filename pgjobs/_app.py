@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
@@ -38,6 +39,8 @@ from ._errors import (
     MissingDatabaseURL,
     UnknownTask,
 )
+from ._limits import NO_KEY_LIMIT, KeyLimit
+from ._periodic import Schedule, make_schedule
 from ._queries import Queries
 
 log = logging.getLogger("pgjobs")
@@ -105,6 +108,7 @@ class App:
         self.config = Config(dsn=dsn, schema=schema, **settings)
         self.queries = Queries(schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
@@ -139,6 +143,12 @@ class App:
         (seconds; an async handler is cancelled, a sync one is asked to stop through
         ``current_job().should_stop`` and its attempt fails when it returns) and
         ``retry_backoff`` (``attempt -> seconds`` before the next try).
+
+        Per-key limits, enforced by the claim across all workers (docs/queues.md):
+        ``concurrency_key`` (a format string over the job's arguments such as
+        ``"customer:{customer_id}"``, or a callable of them; default: the task name),
+        ``concurrency_limit`` (most running jobs per key) and ``rate_limit`` with
+        ``rate_period`` (most starts per key in any window of that length).
         """
         timeout = options.pop("timeout", None)
         retry_backoff = options.pop("retry_backoff", None)
@@ -154,13 +164,56 @@ class App:
                 raise ConfigurationError(
                     f"task name {task_name!r} is registered twice; pass @app.job(name=...)"
                 )
-            task: Task[P, R] = Task(self, task_name, JobOptions().merge(options), func)
+            task_options = dict(options)
+            limit = KeyLimit.pop_options(task_name, task_options)
+            task: Task[P, R] = Task(self, task_name, JobOptions().merge(task_options), func)
             task.timeout = None if timeout is None else float(timeout)
             task.retry_backoff = retry_backoff
+            task.limit = limit
             self.tasks[task_name] = task
             return task
 
         return register if fn is None else register(fn)
+
+    def periodic(
+        self, cron: str, *, name: str | None = None, kwargs: Mapping[str, Any] | None = None,
+        tz: str = "UTC", catch_up: str = "latest", catch_up_window: timedelta | None = None,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Enqueue the task below at every tick of ``cron`` (stack it above ``@app.job``).
+
+        ``cron``: five fields, or six with seconds last (``"* * * * * */10"``), read in
+        ``tz``. ``name`` (default: the task's name) identifies the schedule in the
+        ``periodic`` table; give one per schedule when a task has several. ``kwargs``: the
+        job's arguments. ``catch_up``: what happens to ticks missed while no worker ran:
+        ``"latest"`` enqueues the newest once, ``"skip"`` none (only ticks found less than
+        a minute late run), ``"all"`` every one within ``catch_up_window`` (default one
+        hour). Every worker process enqueues due ticks, each exactly once.
+        """
+
+        def register(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                          catch_up_window=catch_up_window)
+            return task
+
+        return register
+
+    def schedule(
+        self, task: Task[..., Any], cron: str, *, name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None, tz: str = "UTC", catch_up: str = "latest",
+        catch_up_window: timedelta | None = None,
+    ) -> Schedule:
+        """:meth:`periodic` as a call: ``app.schedule(task, "0 * * * *", ...)``."""
+        if isinstance(task, Task) and task.app is not self:
+            raise ConfigurationError(f"{task.name} belongs to another App; schedule it there")
+        entry = make_schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                              catch_up_window=catch_up_window)
+        if entry.name in self.schedules:
+            raise ConfigurationError(
+                f"periodic schedule {entry.name!r} is declared twice; give each one a "
+                "name=... of its own"
+            )
+        self.schedules[entry.name] = entry
+        return entry
 
     def task(self, name: str, **options: Any) -> Task[..., Any]:
         """The task called ``name``: the registered one, or a reference for producers that
@@ -327,7 +380,7 @@ class App:
 class Task(Generic[P, R]):
     """A registered handler plus enqueue defaults. Calling it runs the function directly."""
 
-    __slots__ = ("app", "encoder", "fn", "name", "opts", "retry_backoff", "timeout")
+    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "retry_backoff", "timeout")
 
     def __init__(
         self, app: App, name: str, opts: JobOptions, fn: Callable[P, R] | None,
@@ -340,6 +393,7 @@ class Task(Generic[P, R]):
         self.encoder = encoder or _encoder_for(app, name, fn)
         self.timeout: float | None = None
         self.retry_backoff: Callable[[int], float] | None = None
+        self.limit: KeyLimit | None = None
 
     def __repr__(self) -> str:
         return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
@@ -359,6 +413,7 @@ class Task(Generic[P, R]):
         on_duplicate, batch (see :class:`pgjobs.JobOptions`)."""
         copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
         copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
+        copy.limit = self.limit
         return copy
 
     def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
@@ -373,6 +428,9 @@ class Task(Generic[P, R]):
         if conn is None:
             return self.app._push(statement)[0]
         return statement.run(conn)[0]
+
+    def _limits(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
 
     def enqueue_many(
         self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
@@ -412,16 +470,17 @@ class Task(Generic[P, R]):
         if opts.special:
             special = SpecialRows()
             for kwargs in rows:
-                special.add(self.name, opts, encode(kwargs), kwargs)
+                special.add(self.name, opts, encode(kwargs), kwargs, self._limits(kwargs))
             params = special.params(channel, app.queries.sequence, opts.batch_id)
             return Statement(self, app.queries.job_insert_special, params, len(rows),
                              special.results, special.input_keys)
         if len(rows) == 1:
-            params = job_params(self.name, opts, encode(rows[0]), channel)
+            params = job_params(self.name, opts, encode(rows[0]), channel,
+                                self._limits(rows[0]))
             return Statement(self, app.queries.job_insert, params, 1, _ids)
         batch = Rows()
         for kwargs in rows:
-            batch.add(self.name, opts, encode(kwargs))
+            batch.add(self.name, opts, encode(kwargs), self._limits(kwargs))
         return Statement(self, app.queries.job_insert_many, batch.params(channel), len(rows),
                          _ids)
 

@@ -27,6 +27,7 @@ from ._errors import (
     InvalidOption,
     SchemaNotReady,
 )
+from ._limits import NO_KEY_LIMIT
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
@@ -292,9 +293,15 @@ class Rows:
     run_in: list[timedelta] = field(default_factory=list)
     expires_at: list[datetime | None] = field(default_factory=list)
     expires_in: list[timedelta | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
+    concurrency_limit: list[int | None] = field(default_factory=list)
+    rate_limit: list[int | None] = field(default_factory=list)
+    rate_period: list[timedelta | None] = field(default_factory=list)
 
-    def add(self, task: str, opts: JobOptions, args: str) -> None:
-        row = job_params(task, opts, args, channel="")
+    def add(
+        self, task: str, opts: JobOptions, args: str, limits: Mapping[str, Any] = NO_KEY_LIMIT
+    ) -> None:
+        row = job_params(task, opts, args, channel="", limits=limits)
         for name in ROW_COLUMNS:
             getattr(self, name).append(row[name])
 
@@ -338,7 +345,10 @@ class SpecialRows:
     """For each input row: its unique key."""
     _seen: dict[str, int] = field(default_factory=dict)
 
-    def add(self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any]) -> None:
+    def add(
+        self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any],
+        limits: Mapping[str, Any] = NO_KEY_LIMIT,
+    ) -> None:
         key = unique_key(task, opts, kwargs)
         self.input_keys.append(key)
         if key is not None and key in self._seen:
@@ -347,7 +357,7 @@ class SpecialRows:
         index = len(self.rows)
         if key is not None:
             self._seen[key] = index
-        self.rows.add(task, opts, args)
+        self.rows.add(task, opts, args, limits)
         self.unique_key.append(key)
         self.unique_for.append(opts.unique_for)
         self.unique_until.append(opts.unique_until)
@@ -370,9 +380,14 @@ class SpecialRows:
 ZERO = timedelta(0)
 
 
-def job_params(task: str, opts: JobOptions, args: str, channel: str) -> dict[str, Any]:
-    """Parameters of ``job_insert`` for one job (times relative to the database clock)."""
+def job_params(
+    task: str, opts: JobOptions, args: str, channel: str,
+    limits: Mapping[str, Any] = NO_KEY_LIMIT,
+) -> dict[str, Any]:
+    """Parameters of ``job_insert`` for one job (times relative to the database clock);
+    ``limits`` are the per-key limit columns (``KeyLimit.columns``)."""
     return {
+        **limits,
         "queue": opts.queue,
         "task": task,
         "args": args,

@@ -7,8 +7,9 @@ for another's query:
     complete     the completer's batched, fenced outcome writes
     heartbeat    lease renewal for every held job, every lease/3
     listen       LISTEN for enqueue notifications; polling covers any gap
-    maintenance  reclaim, expire, prune: also while every slot is busy or the worker is
-                 quiet, so lost jobs come back even when the whole fleet is saturated
+    maintenance  reclaim, expire, prune, periodic ticks (not in burst mode): also while
+                 every slot is busy or the worker is quiet, so lost jobs come back even
+                 when the whole fleet is saturated
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from psycopg import sql
 
 from . import _failpoints
 from ._completer import Completer, Pending
-from ._db import RETRY_STATEMENT, TRANSIENT, Connector
+from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import Executor, default_backoff, elapsed_ms, failure
 from ._job import ClaimedJob, JobContext
-from ._maintenance import default_steps
+from ._limits import ClaimRouter
+from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
+from ._periodic import PeriodicEnqueuer
 
 if TYPE_CHECKING:
     from ._app import App
@@ -109,6 +112,8 @@ class Worker:
         self.maintenance = default_steps(self.queries, config.lease, config.recovery_budget)
         if config.reclaim_interval:
             self.maintenance[0].interval = config.reclaim_interval
+        self.router = ClaimRouter(self.queries, self.queues, keyed=any(
+            t.limit is not None and t.opts.queue in self.queue_set for t in app.tasks.values()))
         # Keyed by lease token: a job this worker lost and claimed again is two attempts.
         self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
         self.leases: dict[Any, JobContext] = {}
@@ -157,6 +162,7 @@ class Worker:
         self.claim_db = Connector(dsn, "claim", prepare)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         self.maintenance_db = Connector(dsn, "maintenance", prepare)
+        self.maintenance_runner = self._maintenance(self.maintenance_db)
         complete_db = Connector(dsn, "complete", prepare)
         self.completer = Completer(complete_db, self.queries, self._written)
         try:
@@ -180,7 +186,7 @@ class Worker:
         )
         # One pass before the first claim: lost jobs come back and expired ones end
         # before anything is claimed (and burst runs see a settled queue).
-        await self._maintenance_pass()
+        await self.maintenance_runner.run_due()
         background = [
             asyncio.create_task(self.completer.run(), name="pgjobs-completer"),
             asyncio.create_task(self._heartbeat_loop(), name="pgjobs-heartbeat"),
@@ -188,7 +194,7 @@ class Worker:
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="pgjobs-listen"))
         background.append(
-            asyncio.create_task(self._maintenance_loop(), name="pgjobs-maintenance")
+            asyncio.create_task(self.maintenance_runner.run(), name="pgjobs-maintenance")
         )
         try:
             await self._claim_loop()
@@ -197,6 +203,14 @@ class Worker:
                 background, [self.claim_db, self.beat_db, complete_db, self.maintenance_db]
             )
         return self.stats
+
+    def _maintenance(self, connector: Connector) -> Maintenance:
+        # A burst worker (drain, then exit) enqueues no periodic ticks: tests that drain
+        # must not find cron jobs appearing under them.
+        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries)]
+        if not self.config.burst:
+            steps.append(PeriodicEnqueuer(self.app))
+        return Maintenance(connector, steps)
 
     async def _check_schema(self) -> None:
         """Refuse to run against a schema older (or newer) than this code."""
@@ -261,8 +275,8 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
-            if len(jobs) == free:
-                continue
+            if jobs:
+                continue  # more may be due: a claim can stop short of `free` (key limits)
             if self.config.burst and not jobs and not self.running:
                 await self.completer.drain()  # retries written as due may be claimable
                 jobs = await self._claim(free)
@@ -282,7 +296,8 @@ class Worker:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
-            cursor = await conn.execute(self.queries.job_claim, {
+            statement = await self.router.statement(conn)
+            cursor = await conn.execute(statement, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })
@@ -369,24 +384,6 @@ class Worker:
             entry[1].cancel()
 
     # -- maintenance -------------------------------------------------------------------
-
-    async def _maintenance_pass(self) -> None:
-        """Run every due maintenance step once (transient failures back off)."""
-        try:
-            conn = await self.maintenance_db.get()
-            for step in self.maintenance:
-                if step.due():
-                    await step.run_once(conn)
-        except RETRY_STATEMENT:  # (before TRANSIENT: they subclass it)
-            pass  # a deadlock with another worker's step: due again next round
-        except TRANSIENT as exc:
-            await self.maintenance_db.backoff(exc)
-
-    async def _maintenance_loop(self) -> None:
-        while True:
-            wait = min(step.next_run for step in self.maintenance) - time.monotonic()
-            await asyncio.sleep(min(max(wait, 0.05), 1.0))
-            await self._maintenance_pass()
 
     # -- listen ------------------------------------------------------------------------
 
