@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import _failpoints
 from ._db import TRANSIENT, Connector
 from ._executor import Outcome, outcome_row
 from ._job import JobContext
@@ -72,6 +73,7 @@ class Completer:
             while True:
                 try:
                     conn = await self.connector.get()
+                    _failpoints.hit("before_complete_commit")
                     cursor = await conn.execute(self.queries.job_complete_many, params)
                     written = {row[0] for row in await cursor.fetchall()}
                     break

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import _failpoints
 from ._errors import LeaseLost, PgJobsError
 
 if TYPE_CHECKING:
@@ -129,11 +130,13 @@ class JobContext:
         if this attempt no longer holds the lease, :class:`pgjobs.LeaseLost` is raised
         and your transaction must roll back (a ``with conn:`` block does that).
         """
+        _failpoints.hit("mid_handler")
         row = conn.execute(self.queries.job_complete_fenced, self._params(result)).fetchone()
         self._check(row)
 
     async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
         """:meth:`complete` on an ``AsyncConnection``."""
+        _failpoints.hit("mid_handler")
         cursor = await aconn.execute(self.queries.job_complete_fenced, self._params(result))
         self._check(await cursor.fetchone())
 

@@ -249,6 +249,7 @@ class Worker:
             conn = await self.claim_db.get()
             if self.reclaimer.due():
                 await self.reclaimer.run_once(conn)
+            _failpoints.hit("before_claim")
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
@@ -269,6 +270,7 @@ class Worker:
     async def _run_job(self, ctx: JobContext) -> None:
         started = time.perf_counter()
         outcome = await self.executor.execute(ctx.job, ctx)
+        _failpoints.hit("after_handler")
         self.running.pop(ctx.id, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
