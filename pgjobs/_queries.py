@@ -65,21 +65,39 @@ SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 # - clock_timestamp(), not now(): the lease is measured from when the row is taken.
 # - attempt + 1 here, so a crash after this commit still counts as a started attempt; a
 #   reclaim refunds it (recoveries are counted apart).
+# - A job recovered after a lost worker (recoveries > 0) is a suspect: it may be what
+#   killed that worker. A worker runs at most one suspect at a time (one per claim, none
+#   while it runs one: the uncorrelated NOT EXISTS is evaluated once, on
+#   jobs_running_idx). Jobs reclaimed together sit side by side in claim order, so
+#   without this a poison job would be claimed again with the same innocent jobs, crash
+#   after crash, and take them past the recovery budget with it.
 job_claim = """
 WITH candidates AS (
-    SELECT j.id
+    SELECT j.id, j.priority, j.run_at, j.recoveries > 0 AS suspect
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
+        SELECT id, priority, run_at, recoveries
         FROM {schema}.jobs
         WHERE queue = q.name AND state = 'available' AND run_at <= now()
           AND (expires_at IS NULL OR expires_at > now())
+          AND (recoveries = 0 OR NOT EXISTS (
+              SELECT FROM {schema}.jobs AS mine
+              WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
+                AND mine.recoveries > 0))
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) j
     ORDER BY j.priority, j.run_at, j.id
     LIMIT %(limit)s
+),
+chosen AS (
+    SELECT id FROM (
+        SELECT id, suspect,
+               row_number() OVER (PARTITION BY suspect ORDER BY priority, run_at, id) AS n
+        FROM candidates
+    ) c
+    WHERE NOT suspect OR n = 1
 )
 UPDATE {schema}.jobs AS job
 SET state = 'running',
@@ -88,8 +106,8 @@ SET state = 'running',
     lease_expires_at = clock_timestamp() + %(lease)s::interval,
     worker_id = %(worker_id)s,
     started_at = clock_timestamp()
-FROM candidates
-WHERE job.id = candidates.id
+FROM chosen
+WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token, job.recoveries, job.batch_id
 """
