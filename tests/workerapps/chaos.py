@@ -21,6 +21,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -63,34 +64,52 @@ def connection(kind: str) -> psycopg.Connection[Any]:
     return conn
 
 
+def run(kind: str, work: Callable[[psycopg.Connection[Any]], None]) -> None:
+    """``work`` on this thread's connection; once more on a new connection if that one
+    died (a server restart, a terminated backend), as a pool with a health check would.
+    Repeating is safe: an effect whose first commit went through is refused by the
+    lease fence the second time."""
+    conn = connection(kind)
+    try:
+        work(conn)
+    except psycopg.OperationalError:
+        if not conn.closed:
+            raise
+        work(connection(kind))
+
+
 def log_attempt() -> pgjobs.JobContext:
     job = pgjobs.current_job()
-    connection("attempts").execute(
+    run("attempts", lambda conn: conn.execute(
         "INSERT INTO public.chaos_attempts (job_id, attempt, recoveries, pid) "
         "VALUES (%s, %s, %s, %s)",
         (job.id, job.attempt, job.recoveries, os.getpid()),
-    )
+    ))
     return job
 
 
 def note(text: str) -> None:
-    connection("notes").execute(
+    job_id = pgjobs.current_job().id
+    run("notes", lambda conn: conn.execute(
         "INSERT INTO public.chaos_notes (job_id, pid, note) VALUES (%s, %s, %s)",
-        (pgjobs.current_job().id, os.getpid(), text),
-    )
+        (job_id, os.getpid(), text),
+    ))
 
 
 def write_effect() -> None:
     """The exactly-once effect: insert and complete in one transaction."""
     job = pgjobs.current_job()
-    conn = connection("effects")
-    try:
+
+    def effect(conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
             conn.execute(
                 "INSERT INTO public.chaos_effects (job_id, pid) VALUES (%s, %s)",
                 (job.id, os.getpid()),
             )
             job.complete(conn)
+
+    try:
+        run("effects", effect)
     except pgjobs.LeaseLost:
         note("LeaseLost")
         raise
