@@ -29,7 +29,7 @@ from ._completer import Completer, Pending
 from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
-from ._executor import Executor, elapsed_ms
+from ._executor import RELEASED, Executor, Outcome, elapsed_ms
 from ._job import ClaimedJob, JobContext
 from ._maintenance import Reclaimer
 
@@ -109,6 +109,7 @@ class Worker:
         self.quieted = False
         self.shutdown_timeout = config.shutdown_timeout
         self._wake: asyncio.Event | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- control (signal handlers call these) ------------------------------------------
 
@@ -218,7 +219,9 @@ class Worker:
             free = self.config.concurrency - len(self.running)
             if self.quieted or free <= 0:
                 wake.clear()
-                await self._wait(None if self.quieted else self.config.poll_interval)
+                await self._wait(None if self.quieted else self._until_poll())
+                if not self.quieted and self.reclaimer.due():
+                    await self._claim(0)  # no free slot, but dead workers' jobs wait
                 continue
             wake.clear()  # before claiming: a notification during the claim re-runs it
             jobs = await self._claim(free)
@@ -236,7 +239,13 @@ class Worker:
                 for job in jobs:
                     self._start(job)
                 continue
-            await self._wait(self.config.poll_interval)
+            await self._wait(self._until_poll())
+
+    def _until_poll(self) -> float:
+        """Seconds to the next claim: the poll interval, or sooner when a reclaim is due
+        (reclaiming runs with claims, and must not wait for a long poll interval)."""
+        due = self.reclaimer.next_run - time.monotonic()
+        return max(0.0, min(self.config.poll_interval, due))
 
     async def _wait(self, timeout: float | None) -> None:
         assert self._wake is not None
@@ -244,12 +253,16 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _claim(self, limit: int) -> list[ClaimedJob] | None:
-        """Claim up to ``limit`` jobs (None after a connection failure)."""
+        """Claim up to ``limit`` jobs (None after a connection failure); with 0, only run
+        the reclaim step if it is due."""
         try:
             conn = await self.claim_db.get()
             if self.reclaimer.due():
                 await self.reclaimer.run_once(conn)
+            if limit <= 0:
+                return []
             _failpoints.hit("before_claim")
+            sent = time.monotonic()
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
@@ -259,7 +272,17 @@ class Worker:
             await self.claim_db.backoff(exc)
             return None
         _failpoints.hit("after_claim_commit")
-        return [ClaimedJob(*row) for row in rows]
+        jobs = [ClaimedJob(*row) for row in rows]
+        if jobs and time.monotonic() - sent > self.config.lease:
+            # The reply took longer than the lease it granted (a partition, a stall): the
+            # jobs may be reclaimed and running elsewhere by now. Hand them back rather
+            # than start them; the write is fenced, so it is a no-op where they moved on.
+            log.warning("claim of %d job(s) answered after %.1f s, longer than the lease; "
+                        "releasing them unstarted", len(jobs), time.monotonic() - sent)
+            for job in jobs:
+                self.completer.submit(JobContext(job, self.queries), Outcome(RELEASED))
+            return []
+        return jobs
 
     def _start(self, job: ClaimedJob) -> None:
         ctx = JobContext(job, self.queries)
@@ -290,30 +313,52 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.lease / 3
         lease = timedelta(seconds=self.config.lease)
-        last_ok = time.monotonic()
+        renewed_at = time.monotonic()
+        self._arm_watchdog(renewed_at)
         while True:
             await asyncio.sleep(interval)
-            held = list(self.leases.values())
+            held = [c for c in self.leases.values() if not c.lease_lost]
             params = {
                 "ids": [c.id for c in held], "tokens": [c.job.lease_token for c in held],
                 "lease": lease, "worker_id": self.worker_id,
             }
+            sent = time.monotonic()
+            timeout = max(interval, renewed_at + self.config.lease - sent)
             try:
-                conn = await self.beat_db.get()
-                cursor = await conn.execute(self.queries.job_heartbeat, params)
-                renewed = {row[0] for row in await cursor.fetchall()}
-                last_ok = time.monotonic()
+                # A black-holed link hangs instead of failing: bound each beat, so that a
+                # stuck connection is replaced instead of waited on until TCP gives up.
+                async with asyncio.timeout(timeout):
+                    conn = await self.beat_db.get()
+                    cursor = await conn.execute(self.queries.job_heartbeat, params)
+                    renewed = {row[0] for row in await cursor.fetchall()}
+            except TimeoutError:
+                await self.beat_db.backoff(TimeoutError(f"no reply within {timeout:.1f} s"))
+                continue
             except TRANSIENT as exc:
-                if time.monotonic() - last_ok > self.config.lease:
-                    # Our leases have lapsed by now: assume every job is reclaimed and
-                    # stop side effects, as a fenced write would fail anyway.
-                    for ctx in list(self.leases.values()):
-                        self._lease_lost(ctx)
                 await self.beat_db.backoff(exc)
                 continue
+            renewed_at = sent
+            self._arm_watchdog(sent)
             for ctx in held:
                 if ctx.id not in renewed and ctx.id in self.leases and not ctx.completed:
                     self._lease_lost(ctx)
+
+    def _arm_watchdog(self, renewed_at: float) -> None:
+        """Stop every held job ``lease`` seconds after the last heartbeat that was sent
+        and answered: by then another worker may have reclaimed it. A timer, so neither a
+        heartbeat stuck in a partition nor a paused process can postpone it."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        delay = renewed_at + self.config.lease - time.monotonic()
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._leases_lapsed)
+
+    def _leases_lapsed(self) -> None:
+        held = [c for c in self.leases.values() if not c.completed and not c.lease_lost]
+        if held:
+            log.warning("no heartbeat answered for %ss: this worker's leases have lapsed",
+                        self.config.lease)
+        for ctx in held:
+            self._lease_lost(ctx)
 
     def _lease_lost(self, ctx: JobContext) -> None:
         if ctx.lease_lost:
@@ -368,6 +413,8 @@ class Worker:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for db in dbs:
             await db.close()
         self.executor.shutdown()
