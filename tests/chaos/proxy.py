@@ -7,6 +7,8 @@ synchronous code:
     dsn = proxy.dsn(real_dsn)        # the same DSN, through the proxy
     proxy.blackhole()                # hold every byte, both ways (a partition)
     proxy.blackhole("down")          # hold only server -> client (replies vanish)
+    proxy.blackhole("down", app="pgjobs-claim")  # only connections with that
+                                     # application_name (read from the startup packet)
     proxy.heal()                     # deliver what was held, then forward again
     proxy.reset()                    # RST every connection, like a long partition's end
 
@@ -28,19 +30,42 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DIRECTIONS = ("up", "down")  # up: client -> server, down: server -> client
+APP_KEY = b"application_name\x00"
+
+
+class Link:
+    """One proxied connection."""
+
+    def __init__(self, client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
+        self.client, self.server = client, server
+        self.app: str | None = None  # application_name, once the startup packet is seen
+        self._head = b""
+
+    def sniff(self, data: bytes) -> None:
+        """Find application_name in the startup packet (the client's first message, after
+        an optional SSLRequest)."""
+        if self.app is not None or len(self._head) > 8192:
+            return
+        self._head += data
+        at = self._head.find(APP_KEY)
+        if at >= 0:
+            end = self._head.find(b"\x00", at + len(APP_KEY))
+            if end >= 0:
+                self.app = self._head[at + len(APP_KEY):end].decode(errors="replace")
 
 
 class Proxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.port = 0
-        self.accepted = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="chaos-proxy")
         self._server: asyncio.Server | None = None
-        self._flow: dict[str, asyncio.Event] = {}
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._held: frozenset[str] = frozenset()
+        self._only: str | None = None
+        self._changed: asyncio.Event | None = None
+        self._links: set[Link] = set()
 
     @classmethod
     def to(cls, dsn: str) -> Proxy:
@@ -58,18 +83,19 @@ class Proxy:
         self._call(self._start())
         return self
 
-    def blackhole(self, direction: str = "both") -> None:
-        """Stop forwarding: ``both`` ways, or only ``up`` or ``down``."""
+    def blackhole(self, direction: str = "both", app: str | None = None) -> None:
+        """Stop forwarding ``both`` ways, or only ``up`` or ``down``; with ``app``, only on
+        connections whose application_name starts with it."""
         held = DIRECTIONS if direction == "both" else (direction,)
         assert all(d in DIRECTIONS for d in held), direction
-        self._call(self._set_flow(held, flowing=False))
+        self._call(self._set(frozenset(held), app))
 
     def heal(self) -> None:
-        self._call(self._set_flow(DIRECTIONS, flowing=True))
+        self._call(self._set(frozenset(), None))
 
     def reset(self) -> int:
         """Abort every open connection with a TCP reset; returns how many."""
-        return self._call(self._reset())
+        return int(self._call(self._reset()))
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -85,39 +111,47 @@ class Proxy:
     # -- the loop's side --------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._flow = {d: asyncio.Event() for d in DIRECTIONS}
-        for event in self._flow.values():
-            event.set()
+        self._changed = asyncio.Event()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _set_flow(self, directions: tuple[str, ...], flowing: bool) -> None:
-        for d in directions:
-            (self._flow[d].set if flowing else self._flow[d].clear)()
+    async def _set(self, held: frozenset[str], only: str | None) -> None:
+        self._held, self._only = held, only
+        assert self._changed is not None
+        self._changed.set()  # wake every held pump to look again
+        self._changed = asyncio.Event()
+
+    def _holds(self, link: Link, direction: str) -> bool:
+        if direction not in self._held:
+            return False
+        return self._only is None or (link.app or "").startswith(self._only)
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.accepted += 1
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             _abort(client_w)
             return
-        link = (client_w, server_w)
+        link = Link(client_w, server_w)
         self._links.add(link)
         try:
             await asyncio.gather(
-                self._pump(client_r, server_w, "up"),
-                self._pump(server_r, client_w, "down"),
+                self._pump(link, client_r, server_w, "up"),
+                self._pump(link, server_r, client_w, "down"),
                 return_exceptions=True,
             )
         finally:
             self._links.discard(link)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    direction: str) -> None:
+    async def _pump(self, link: Link, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter, direction: str) -> None:
         try:
             while data := await reader.read(65536):
-                await self._flow[direction].wait()
+                if direction == "up":
+                    link.sniff(data)
+                while self._holds(link, direction):
+                    assert self._changed is not None
+                    await self._changed.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -129,13 +163,13 @@ class Proxy:
 
     async def _reset(self) -> int:
         links = list(self._links)
-        for client_w, server_w in links:
-            _abort(client_w)
-            _abort(server_w)
+        for link in links:
+            _abort(link.client)
+            _abort(link.server)
         return len(links)
 
     async def _close(self) -> None:
-        await self._set_flow(DIRECTIONS, flowing=True)
+        await self._set(frozenset(), None)
         await self._reset()
         if self._server is not None:
             self._server.close()

@@ -250,3 +250,29 @@ def test_a_claim_takes_one_suspect_and_none_beside_a_running_one(db: str) -> Non
     query(db, "UPDATE pgjobs.jobs SET state = 'succeeded', lease_token = NULL, "
               "lease_expires_at = NULL WHERE id = %s", ids[0])
     assert claim_for(worker) == [ids[2]]            # its suspect finished: the next one
+
+
+@pytest.mark.timeout(scale(120, 300))
+def test_idle_and_busy_workers_still_reclaim_a_killed_workers_jobs_on_time(
+    db: str, fleet: Fleet
+) -> None:
+    """Reclaiming is the survivors' job whether they are idle (here polling only every
+    10 minutes) or have no free slot: within a few leases, not at their next claim."""
+    survivor = fleet.spawn("--lease", "2", "--poll-interval", "600", "--concurrency", "1")
+    wait_until(survivor.started, 60, "the surviving worker to start")
+    for busy in (False, True):
+        if busy:
+            with psycopg.connect(db) as conn:
+                hog = chaos.stall.enqueue(conn, first=600).id  # takes its only slot
+            wait_until(lambda h=hog: scalar(db, "SELECT count(*) FROM public.chaos_attempts "
+                                                "WHERE job_id = %s", h) == 1, 60, "the hog")
+        victim = fleet.spawn("--lease", "2", "--queues", "victim")
+        with psycopg.connect(db) as conn:
+            job_id = chaos.effect.options(queue="victim").enqueue(conn, sleep=600).id
+        wait_until(lambda j=job_id: scalar(db, "SELECT count(*) FROM public.chaos_attempts "
+                                               "WHERE job_id = %s", j) == 1, 60, "the victim")
+        victim.signal(signal.SIGKILL)
+        wait_until(lambda j=job_id: query(db, "SELECT state, recoveries FROM pgjobs.jobs "
+                                              "WHERE id = %s", j) == [("available", 1)],
+                   60, f"the {'busy' if busy else 'idle'} worker to reclaim the job")
+    assert survivor.alive()

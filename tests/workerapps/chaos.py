@@ -66,16 +66,19 @@ def connection(kind: str) -> psycopg.Connection[Any]:
 
 def run(kind: str, work: Callable[[psycopg.Connection[Any]], None]) -> None:
     """``work`` on this thread's connection; once more on a new connection if that one
-    died (a server restart, a terminated backend), as a pool with a health check would.
+    died or could not be opened (a server restart, a terminated backend, a reset link),
+    as a pool with a health check would.
     Repeating is safe: an effect whose first commit went through is refused by the
     lease fence the second time."""
-    conn = connection(kind)
-    try:
-        work(conn)
-    except psycopg.OperationalError:
-        if not conn.closed:
-            raise
-        work(connection(kind))
+    for last in (False, True):
+        conn = None
+        try:
+            conn = connection(kind)
+            work(conn)
+            return
+        except psycopg.OperationalError:
+            if last or (conn is not None and not conn.closed):
+                raise
 
 
 def log_attempt() -> pgjobs.JobContext:
@@ -160,7 +163,8 @@ async def astall(first: float = 60.0) -> None:
         try:
             await asyncio.sleep(first)
         except asyncio.CancelledError:
-            note(f"cancelled lease_lost={job.lease_lost}")
+            # In a thread: a write stuck in a partition must not block the event loop.
+            await asyncio.to_thread(note, f"cancelled lease_lost={job.lease_lost}")
             raise
     await asyncio.to_thread(write_effect)
 
@@ -187,7 +191,7 @@ async def aobedient(seconds: float) -> str:
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        note("cancelled")
+        await asyncio.to_thread(note, "cancelled")
         raise
     return "done"
 
