@@ -53,6 +53,23 @@ class Cancel(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands for a JSON value a worker could not decode (nested too deep for Python,
+    a number too long for ``int()``): that job fails, the others in its claim run."""
+
+    error: str
+
+
+def lenient_json_loads(data: str | bytes) -> Any:
+    """``json.loads`` for the worker's claim connection, where one bad row must not
+    abort the claim (and the worker) for every job claimed with it."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return Undecodable(f"{type(exc).__name__}: {exc}"[:500])
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     """The columns a claim returns: only what execution needs."""

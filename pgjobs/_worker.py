@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from . import _failpoints
 from ._completer import Completer, Pending
@@ -30,7 +32,7 @@ from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import RELEASED, Executor, Outcome, elapsed_ms
-from ._job import ClaimedJob, JobContext
+from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._maintenance import Reclaimer
 
 if TYPE_CHECKING:
@@ -139,7 +141,7 @@ class Worker:
         """Run until stopped; return the count of outcomes by kind."""
         self._wake = asyncio.Event()
         dsn, prepare = self.app.dsn, self.app.config.prepare
-        self.claim_db = Connector(dsn, "claim", prepare)
+        self.claim_db = Connector(dsn, "claim", prepare, configure=_lenient_json)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         complete_db = Connector(dsn, "complete", prepare)
         self.completer = Completer(complete_db, self.queries, self._written)
@@ -427,6 +429,10 @@ class Worker:
             await conn.execute(self.queries.worker_set_state, params)
         except TRANSIENT as exc:
             log.warning("could not record worker state %s: %s", state, exc)
+
+
+def _lenient_json(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(lenient_json_loads, conn)
 
 
 def _version() -> str:
