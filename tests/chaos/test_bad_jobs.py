@@ -54,7 +54,7 @@ def test_jobs_a_worker_cannot_run_are_recorded_failures_and_the_worker_keeps_goi
     bad = {
         "too deep to decode": insert(db, "chaos.echo", '{"a": ' + "[" * 5000 + "]" * 5000 + "}"),
         "a number too long for int()": insert(db, "chaos.echo", '{"a": 1e5000}'),
-        "args the handler does not take": insert(db, "chaos.plain", '{"nope": 1}'),
+        "args the handler does not take": insert(db, "chaos.strict", '{"nope": 1}'),
         "an importable task name": insert(db, "chaos_tripwire.boom", "{}"),
         "a shell command as task": insert(db, "os.system", '{"command": "touch /tmp/x"}'),
     }

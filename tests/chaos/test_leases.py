@@ -200,7 +200,7 @@ def test_a_long_job_with_a_short_lease_runs_once_while_its_lease_moves_forward(
     seconds = scale(6.0, 30.0)
     with psycopg.connect(db) as conn:
         job_id = chaos.effect.enqueue(conn, sleep=seconds).id
-    args = ["--lease", "2", "--poll-interval", "0.2"]
+    args = ["--lease", "3", "--poll-interval", "0.2"]
     fleet.spawn(*args)
     wait_until(lambda: scalar(db, "SELECT count(*) FROM public.chaos_attempts") == 1, 60,
                "the job to start")
@@ -269,10 +269,10 @@ def test_slow_handlers_exhausting_the_pools_never_starve_heartbeats(
         ids = [j.id for j in chaos.pool_hog.enqueue_many(conn, [{"seconds": hold}] * 7)]
         ids.append(chaos.cpu.enqueue(conn, seconds=hold).id)
         ids += [j.id for j in chaos.aslow.enqueue_many(conn, [{"seconds": hold}] * 2)]
-    busy = fleet.spawn("--lease", "2", "--concurrency", "10", "--poll-interval", "0.2")
+    busy = fleet.spawn("--lease", "3", "--concurrency", "10", "--poll-interval", "0.2")
     wait_until(lambda: scalar(db, "SELECT count(*) FROM public.chaos_attempts") == len(ids),
                60, "every handler to start")
-    fleet.spawn("--lease", "2", "--poll-interval", "0.2")  # would reclaim a lapsed lease
+    fleet.spawn("--lease", "3", "--poll-interval", "0.2")  # would reclaim a lapsed lease
     lapsed = []
     while not all_succeeded(db, ids):
         lapsed += query(db, "SELECT id FROM pgjobs.jobs WHERE state = 'running' "

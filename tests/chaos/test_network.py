@@ -92,7 +92,10 @@ def test_a_claim_whose_reply_comes_back_after_the_lease_is_not_run(
     """Only the replies on the worker's claim connection are held: its claim commits in
     PostgreSQL (the jobs are running in its name) but it learns of them only after their
     lease is over and another worker ran them. It must not start them then."""
-    cut = fleet.spawn("--lease", "2", "--poll-interval", "600", dsn=proxy.dsn(db))
+    # It claims only when notified: no polls, no reclaims of its own (a reclaim stuck
+    # behind the held replies would keep its claim from being sent at all).
+    cut = fleet.spawn("--lease", "2", "--poll-interval", "600", "--reclaim-interval", "600",
+                      dsn=proxy.dsn(db))
     wait_until(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE "
                                   "application_name = 'pgjobs-listen' AND query LIKE 'LISTEN%%'"),
                60, "the cut worker to listen")

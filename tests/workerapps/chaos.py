@@ -229,6 +229,12 @@ async def aslow(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+@app.job(name="chaos.strict")
+def strict(x: int) -> int:
+    """The default retry backoff (16 s or more): a failure stays at attempt 1 a while."""
+    return x
+
+
 @app.job(name="chaos.echo", **FAST)
 def echo(**kwargs: Any) -> None:
     RECEIVED[pgjobs.current_job().id] = kwargs
