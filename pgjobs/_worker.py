@@ -12,7 +12,6 @@ for another's query:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -221,9 +220,7 @@ class Worker:
             free = self.config.concurrency - len(self.running)
             if self.quieted or free <= 0:
                 wake.clear()
-                await self._wait(None if self.quieted else self._until_poll())
-                if not self.quieted and self.reclaimer.due():
-                    await self._claim(0)  # no free slot, but dead workers' jobs wait
+                await self._idle(None if self.quieted else self.config.poll_interval)
                 continue
             wake.clear()  # before claiming: a notification during the claim re-runs it
             jobs = await self._claim(free)
@@ -241,28 +238,50 @@ class Worker:
                 for job in jobs:
                     self._start(job)
                 continue
-            await self._wait(self._until_poll())
+            await self._idle(self.config.poll_interval)
 
-    def _until_poll(self) -> float:
-        """Seconds to the next claim: the poll interval, or sooner when a reclaim is due
-        (reclaiming runs with claims, and must not wait for a long poll interval)."""
-        due = self.reclaimer.next_run - time.monotonic()
-        return max(0.0, min(self.config.poll_interval, due))
+    async def _idle(self, timeout: float | None) -> None:
+        """Wait for a wake-up or ``timeout``, reclaiming dead workers' jobs as that falls
+        due: an idle worker with a long poll interval, or one without a free slot, must
+        not leave them running. Returns early when a reclaim freed jobs, to claim them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            until = self.reclaimer.next_run - time.monotonic()
+            if deadline is not None:
+                until = min(until, deadline - time.monotonic())
+            if await self._wait(max(0.0, until)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if self.reclaimer.due() and await self._reclaim():
+                return
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for a wake-up (True) or ``timeout`` (False)."""
         assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
+        if self._wake.is_set():
+            return True
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _reclaim(self) -> bool:
+        """Run the reclaim step; True if it made jobs available again."""
+        try:
+            conn = await self.claim_db.get()
+            return bool(await self.reclaimer.run_once(conn))
+        except TRANSIENT as exc:
+            await self.claim_db.backoff(exc)
+            return False
 
     async def _claim(self, limit: int) -> list[ClaimedJob] | None:
-        """Claim up to ``limit`` jobs (None after a connection failure); with 0, only run
-        the reclaim step if it is due."""
+        """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
             if self.reclaimer.due():
                 await self.reclaimer.run_once(conn)
-            if limit <= 0:
-                return []
             _failpoints.hit("before_claim")
             sent = time.monotonic()
             cursor = await conn.execute(self.queries.job_claim, {
