@@ -96,9 +96,10 @@ def test_a_claim_whose_reply_comes_back_after_the_lease_is_not_run(
     # behind the held replies would keep its claim from being sent at all).
     cut = fleet.spawn("--lease", "2", "--poll-interval", "600", "--reclaim-interval", "600",
                       dsn=proxy.dsn(db))
-    wait_until(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                  "application_name = 'pgjobs-listen' AND query LIKE 'LISTEN%%'"),
-               60, "the cut worker to listen")
+    wait_until(lambda: cut.started() and scalar(
+        db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'pgjobs-listen' AND query LIKE 'LISTEN%%'"),
+        60, "the cut worker to listen")
     worker_id = cut.worker_id(db)
     proxy.blackhole("down", app="pgjobs-claim")
     with psycopg.connect(db) as conn:  # the notification wakes it; its claim is held
