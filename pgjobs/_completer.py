@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from . import _failpoints
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
 from ._executor import Outcome, Row, default_backoff, failure, outcome_row
 from ._job import JobContext
@@ -83,6 +84,7 @@ class Completer:
         while True:
             try:
                 conn = await self.connector.get()
+                _failpoints.hit("before_complete_commit")
                 cursor = await conn.execute(self.queries.job_complete_many, _params(writes))
                 return {row[0] for row in await cursor.fetchall()}, retried
             except RETRY_STATEMENT as exc:  # (before TRANSIENT: they subclass it)

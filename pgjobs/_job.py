@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import _failpoints
 from ._errors import LeaseLost, PgJobsError
 
 if TYPE_CHECKING:
@@ -50,6 +52,23 @@ class Cancel(Exception):
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason or "cancelled")
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands for a JSON value a worker could not decode (nested too deep for Python,
+    a number too long for ``int()``): that job fails, the others in its claim run."""
+
+    error: str
+
+
+def lenient_json_loads(data: str | bytes) -> Any:
+    """``json.loads`` for the worker's claim connection, where one bad row must not
+    abort the claim (and the worker) for every job claimed with it."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return Undecodable(f"{type(exc).__name__}: {exc}"[:500])
 
 
 @dataclass(slots=True)
@@ -149,11 +168,13 @@ class JobContext:
         if this attempt no longer holds the lease, :class:`pgjobs.LeaseLost` is raised
         and your transaction must roll back (a ``with conn:`` block does that).
         """
+        _failpoints.hit("mid_handler")
         row = conn.execute(self.queries.job_complete_fenced, self._params(result)).fetchone()
         self._check(row)
 
     async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
         """:meth:`complete` on an ``AsyncConnection``."""
+        _failpoints.hit("mid_handler")
         cursor = await aconn.execute(self.queries.job_complete_fenced, self._params(result))
         self._check(await cursor.fetchone())
 
