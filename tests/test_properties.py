@@ -146,7 +146,8 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                 "ids": [job_id], "tokens": [token], "lease": timedelta(seconds=600),
                 "worker_id": None}).fetchall()
             live = self.live(job_id, token)
-            assert [int(r[0]) for r in rows] == ([job_id] if live else [])
+            # (lease_token, renewed): a live lease is renewed; nothing here holds a row lock
+            assert [(r[0], r[1]) for r in rows] == ([(token, True)] if live else [])
             if live:
                 self.jobs[job_id].expired = False
 
@@ -177,7 +178,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
             job_id, token = self.pick(attempt, data)
             job = self.jobs[job_id]
             ctx = JobContext(ClaimedJob(job_id, "prop.job", "default", {}, job.attempt, 1,
-                                        token, job.recoveries, None), queries)
+                                        token, job.recoveries, None, {}), queries)
             live = self.live(job_id, token)
             with psycopg.connect(dsn) as conn:
                 if live:

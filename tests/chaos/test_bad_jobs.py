@@ -70,11 +70,11 @@ def test_jobs_a_worker_cannot_run_are_recorded_failures_and_the_worker_keeps_goi
     assert worker.alive(), worker.log()
     assert_exactly_once(db, before + after)
     expected = {
-        "too deep to decode": ("pgjobs._errors.InvalidArgs", "could not be decoded"),
-        "a number too long for int()": ("pgjobs._errors.InvalidArgs", "could not be decoded"),
+        "too deep to decode": ("pgjobs.InvalidArgs", "could not be decoded"),
+        "a number too long for int()": ("pgjobs.InvalidArgs", "could not be decoded"),
         "args the handler does not take": ("TypeError", "nope"),
-        "an importable task name": ("pgjobs._errors.UnknownTask", "'chaos_tripwire.boom'"),
-        "a shell command as task": ("pgjobs._errors.UnknownTask", "'os.system'"),
+        "an importable task name": ("pgjobs.UnknownTask", "'chaos_tripwire.boom'"),
+        "a shell command as task": ("pgjobs.UnknownTask", "'os.system'"),
     }
     for label, job_id in bad.items():
         state, attempt = query(db, "SELECT state, attempt FROM pgjobs.jobs WHERE id = %s",
