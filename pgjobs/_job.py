@@ -78,7 +78,7 @@ class ClaimedJob:
     id: int
     task: str
     queue: str
-    args: dict[str, Any]
+    args: dict[str, Any]  # an Undecodable when the claim could not decode them
     attempt: int
     max_attempts: int
     lease_token: Any

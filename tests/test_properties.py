@@ -75,6 +75,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
             self.conn = psycopg.connect(dsn, autocommit=True)
             self.conn.execute("TRUNCATE pgjobs.jobs RESTART IDENTITY")
             self.jobs: dict[int, Job] = {}
+            self.claims: dict[Any, ClaimedJob] = {}  # by lease token, as claimed
             self.seen: dict[int, str] = {}  # last observed state, for transition checks
 
         def teardown(self) -> None:
@@ -113,6 +114,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                     c.lease_token, worker
                 job.expired = False
                 job.tokens.append(c.lease_token)
+                self.claims[c.lease_token] = c
                 assert (c.attempt, c.recoveries) == (job.attempt, job.recoveries)
             return multiple(*[(c.id, c.lease_token) for c in claimed])
 
@@ -177,8 +179,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                                     commit: bool) -> None:
             job_id, token = self.pick(attempt, data)
             job = self.jobs[job_id]
-            ctx = JobContext(ClaimedJob(job_id, "prop.job", "default", {}, job.attempt, 1,
-                                        token, job.recoveries, None, {}), queries)
+            ctx = JobContext(self.claims[token], queries)
             live = self.live(job_id, token)
             with psycopg.connect(dsn) as conn:
                 if live:

@@ -163,6 +163,7 @@ def test_a_poison_job_dies_after_the_recovery_budget_and_others_keep_flowing(
           f"their recoveries: {others}")
 
 
+@pytest.mark.xdist_group("chaos")  # balances the two groups under `make test`
 @pytest.mark.timeout(scale(120, 300))
 def test_sigterm_finishes_releases_or_abandons_jobs_and_claims_nothing_more(
     db: str, fleet: Fleet
