@@ -12,4 +12,5 @@ def test_enqueue_visible_after_commit(fresh_dsn: str) -> None:
     with psycopg.connect(fresh_dsn) as c:
         r = t.enqueue(c, x=1)
     with psycopg.connect(fresh_dsn) as c:
-        assert c.execute("select task, args from pgjobs.jobs where id=%s", (r.id,)).fetchone() == ("t", {"x": 1})
+        row = c.execute("select task, args from pgjobs.jobs where id=%s", (r.id,)).fetchone()
+        assert row == ("t", {"x": 1})
