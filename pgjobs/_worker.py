@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from ._completer import Completer, Pending
 from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
-from ._executor import Executor, elapsed_ms
+from ._executor import RELEASED, Executor, Outcome, elapsed_ms
 from ._job import ClaimedJob, JobContext
 from ._maintenance import default_steps
 
@@ -66,6 +66,10 @@ class WorkerConfig:
     (PgBouncer) that cannot hold a LISTEN session; polling alone then finds jobs."""
     reclaim_interval: float | None = None
     """Seconds between reclaim runs. None: lease / 2, at most 10."""
+    prefetch: int = 100
+    """Most jobs claimed ahead of free slots, leased and held until a slot frees. Used only
+    while jobs finish faster than a claim round trip (see ``ClaimAhead``), so long jobs are
+    never held back from other workers. 0: claim only for free slots."""
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -73,7 +77,7 @@ class WorkerConfig:
                 raise InvalidOption("queues must name at least one queue")
             for queue in self.queues:
                 check_queue(queue)
-        for name in ("concurrency", "recovery_budget"):
+        for name in ("concurrency", "recovery_budget", "prefetch"):
             value = getattr(self, name)
             if type(value) is not int or value < (1 if name == "concurrency" else 0):
                 raise InvalidOption(f"{name} must be a positive int, not {value!r}")
@@ -100,6 +104,8 @@ class Worker:
         if config.reclaim_interval:
             self.maintenance[0].interval = config.reclaim_interval
         self.running: dict[int, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.ready: deque[JobContext] = deque()  # claimed ahead, waiting for a free slot
+        self.ahead = ClaimAhead(config.concurrency, config.prefetch)
         self.leases: dict[int, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.worker_id: int | None = None
@@ -213,26 +219,28 @@ class Worker:
         wake = self._wake
         assert wake is not None
         while not self.stopping:
-            free = self.config.concurrency - len(self.running)
-            if self.quieted or free <= 0:
+            self._fill_slots()
+            depth = self.ahead.depth()
+            want = self.config.concurrency + depth - len(self.running) - len(self.ready)
+            # Claim when a slot is free and nothing is held, or when the held jobs run low:
+            # one claim of many rather than a round trip per finished job.
+            if self.quieted or want <= 0 or len(self.ready) > depth // 2:
                 wake.clear()
                 await self._wait(None if self.quieted else self.config.poll_interval)
                 continue
             wake.clear()  # before claiming: a notification during the claim re-runs it
-            jobs = await self._claim(free)
+            jobs = await self._claim(want)
             if jobs is None:
                 continue
-            for job in jobs:
-                self._start(job)
-            if len(jobs) == free:
+            self._accept(jobs)
+            if len(jobs) == want:
                 continue
-            if self.config.burst and not jobs and not self.running:
+            if self.config.burst and not jobs and not self.running and not self.ready:
                 await self.completer.drain()  # retries written as due may be claimable
-                jobs = await self._claim(free)
+                jobs = await self._claim(want)
                 if not jobs:
                     return
-                for job in jobs:
-                    self._start(job)
+                self._accept(jobs)
                 continue
             await self._wait(self.config.poll_interval)
 
@@ -248,22 +256,35 @@ class Worker:
             for step in self.maintenance:
                 if step.due():
                     await step.run_once(conn)
+            sent = time.perf_counter()
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })
             rows = await cursor.fetchall()
+            self.ahead.claimed(time.perf_counter() - sent)
         except TRANSIENT as exc:
             await self.claim_db.backoff(exc)
             return None
         _failpoints.hit("after_claim_commit")
         return [ClaimedJob(*row) for row in rows]
 
-    def _start(self, job: ClaimedJob) -> None:
-        ctx = JobContext(job, self.queries)
-        self.leases[job.id] = ctx
-        task = asyncio.create_task(self._run_job(ctx))
-        self.running[job.id] = (ctx, task)
+    def _accept(self, jobs: list[ClaimedJob]) -> None:
+        """Lease (heartbeat) every claimed job at once; start as many as slots allow."""
+        for job in jobs:
+            ctx = JobContext(job, self.queries)
+            self.leases[job.id] = ctx
+            self.ready.append(ctx)
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        while self.ready and len(self.running) < self.config.concurrency:
+            ctx = self.ready.popleft()
+            if ctx.lease_lost:  # reclaimed while it waited: another attempt owns it
+                self.leases.pop(ctx.id, None)
+                continue
+            task = asyncio.create_task(self._run_job(ctx))
+            self.running[ctx.id] = (ctx, task)
 
     async def _run_job(self, ctx: JobContext) -> None:
         started = time.perf_counter()
@@ -271,6 +292,7 @@ class Worker:
         self.running.pop(ctx.id, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
+        self.ahead.ran(time.perf_counter() - started)
         log.info(
             "job id=%s task=%s queue=%s attempt=%s outcome=%s duration_ms=%s",
             ctx.id, ctx.task, ctx.queue, ctx.attempt, outcome.kind, elapsed_ms(started),
@@ -347,6 +369,11 @@ class Worker:
     async def _shutdown(self, background: list[asyncio.Task[Any]], dbs: list[Connector]) -> None:
         if not self.config.burst or self.running:
             await self._set_state("stopping")
+        while self.ready:  # claimed ahead, never started: available again, attempt refunded
+            ctx = self.ready.popleft()
+            if not ctx.lease_lost:
+                self.completer.submit(ctx, Outcome(RELEASED))
+                self.stats[RELEASED] += 1
         tasks = [task for _, task in self.running.values()]
         if tasks:
             log.info("waiting up to %ss for %d running job(s)", self.shutdown_timeout, len(tasks))
@@ -377,6 +404,36 @@ class Worker:
             await conn.execute(self.queries.worker_set_state, params)
         except TRANSIENT as exc:
             log.warning("could not record worker state %s: %s", state, exc)
+
+
+
+class ClaimAhead:
+    """How many jobs to claim beyond the free slots.
+
+    A slot that frees while a claim is in flight stays idle for the rest of the round
+    trip. That matters only for jobs shorter than a claim: then the worker holds about as
+    many jobs as its slots finish during one claim (``concurrency * claim time / job
+    time``), capped at ``limit``. Jobs longer than a claim round trip get no claim-ahead,
+    so a slow job never waits in this worker while another worker is idle.
+    """
+
+    def __init__(self, concurrency: int, limit: int) -> None:
+        self.concurrency = concurrency
+        self.limit = limit
+        self.claim_seconds = 0.0  # moving averages; 0 until measured
+        self.job_seconds = 0.0
+
+    def claimed(self, seconds: float) -> None:
+        self.claim_seconds += (seconds - self.claim_seconds) * (0.2 if self.claim_seconds else 1)
+
+    def ran(self, seconds: float) -> None:
+        self.job_seconds += (seconds - self.job_seconds) * (0.05 if self.job_seconds else 1)
+
+    def depth(self) -> int:
+        if not self.limit or not self.claim_seconds or not self.job_seconds:
+            return 0
+        slots_freed = self.concurrency * self.claim_seconds / self.job_seconds
+        return min(self.limit, int(slots_freed))
 
 
 def _version() -> str:
