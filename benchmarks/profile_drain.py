@@ -17,7 +17,6 @@ from typing import Any
 from pgjobs._bench import Bench, BenchConfig, _open_pools, _task_name, bench_app
 from pgjobs._worker import Worker, WorkerConfig
 
-
 TRACE: dict[str, list[tuple[int, float]]] = {"claim": [], "flush": []}
 
 
