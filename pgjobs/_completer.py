@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
-from ._executor import Outcome, outcome_row
+from ._executor import Outcome, outcome_row, outcomes_param
 from ._job import JobContext
 from ._queries import Queries
 
@@ -60,16 +60,7 @@ class Completer:
         writes = [(p, row) for p, row in rows if row is not None]
         written: set[int] = set()
         if writes:
-            params = {
-                "ids": [p.ctx.id for p, _ in writes],
-                "tokens": [p.ctx.job.lease_token for p, _ in writes],
-                "states": [r[0] for _, r in writes],
-                "delays": [r[1] for _, r in writes],
-                "refunds": [r[2] for _, r in writes],
-                "errors": [r[3] for _, r in writes],
-                "results": [r[4] for _, r in writes],
-                "metas": [r[5] for _, r in writes],
-            }
+            params = outcomes_param([(p.ctx.id, p.ctx.job.lease_token, r) for p, r in writes])
             while True:
                 try:
                     conn = await self.connector.get()

@@ -219,12 +219,16 @@ SELECT id FROM renewed
 # an attempt that lost its lease (reclaimed, or already completed in the handler's own
 # transaction) matches nothing, and a terminal state can never be overwritten because
 # terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
+# The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
+# result text, meta] rows (see _executor.outcomes_param): one text parameter is far
+# cheaper for the worker to send than eight arrays dumped element by element.
 job_complete_many = """
 WITH o AS (
-    SELECT * FROM unnest(
-        %(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(delays)s::interval[],
-        %(refunds)s::integer[], %(errors)s::jsonb[], %(results)s::jsonb[], %(metas)s::jsonb[]
-    ) AS o(id, token, state, delay, refund, error, result, meta)
+    SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
+           make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
+           nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
+           nullif(e->7, 'null') AS meta
+    FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
 )
 UPDATE {schema}.jobs AS job
 SET state = o.state,
