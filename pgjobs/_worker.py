@@ -233,6 +233,7 @@ class Worker:
             if jobs is None:
                 continue
             self._accept(jobs)
+            await self._maintain()  # after the claim: a job woken by NOTIFY never waits for it
             if len(jobs) == want:
                 continue
             if self.config.burst and not jobs and not self.running and not self.ready:
@@ -253,9 +254,6 @@ class Worker:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
-            for step in self.maintenance:
-                if step.due():
-                    await step.run_once(conn)
             sent = time.perf_counter()
             cursor = await conn.execute(self.queries.job_claim, {
                 "queues": self.queues, "limit": limit,
@@ -268,6 +266,16 @@ class Worker:
             return None
         _failpoints.hit("after_claim_commit")
         return [ClaimedJob(*row) for row in rows]
+
+    async def _maintain(self) -> None:
+        """Run the due maintenance steps on the claim connection."""
+        try:
+            conn = await self.claim_db.get()
+            for step in self.maintenance:
+                if step.due():
+                    await step.run_once(conn)
+        except TRANSIENT as exc:
+            await self.claim_db.backoff(exc)
 
     def _accept(self, jobs: list[ClaimedJob]) -> None:
         """Lease (heartbeat) every claimed job at once; start as many as slots allow."""
