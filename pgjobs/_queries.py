@@ -166,6 +166,11 @@ FROM {schema}.batches WHERE id = %(id)s
 # - clock_timestamp(), not now(): the lease is measured from when the row is taken.
 # - attempt + 1 here, so a crash after this commit still counts as a started attempt; a
 #   reclaim refunds it (recoveries are counted apart).
+# - synchronous_commit off for this transaction only (set_config(..., true) is SET LOCAL,
+#   so it holds under any pooler): the claim returns without waiting for its WAL flush.
+#   A claim lost in a server crash only makes the job claimable again (at-least-once), and
+#   any durable write that follows it - a completion, the handler's own transaction -
+#   flushes the WAL up to and past it first. See docs/benchmarks.md, "Asynchronous claims".
 job_claim = """
 WITH candidates AS (
     SELECT j.id
@@ -189,7 +194,7 @@ SET state = 'running',
     lease_expires_at = clock_timestamp() + %(lease)s::interval,
     worker_id = %(worker_id)s,
     started_at = clock_timestamp()
-FROM candidates
+FROM candidates, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE job.id = candidates.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token, job.recoveries, job.batch_id, job.meta
