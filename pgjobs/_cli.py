@@ -150,6 +150,10 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.option("--listen/--no-listen", default=True, show_default=True,
               envvar="PGJOBS_LISTEN", show_envvar=True,
               help="LISTEN for new jobs (turn off behind a transaction-mode PgBouncer).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=100, show_default=True,
+              envvar="PGJOBS_PREFETCH", show_envvar=True,
+              help="Most jobs claimed ahead of free slots while jobs are shorter than a "
+                   "claim round trip (0: claim for free slots only).")
 @click.option("--burst", is_flag=True, envvar="PGJOBS_BURST", show_envvar=True,
               help="Exit once no due job is left.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
@@ -157,7 +161,7 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int, listen: bool,
-           burst: bool, log_level: str) -> None:
+           prefetch: int, burst: bool, log_level: str) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
@@ -175,7 +179,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
     config = WorkerConfig(
         queues=_queues(queues), concurrency=concurrency, lease=lease,
         shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
-        recovery_budget=recovery_budget, listen=listen,
+        recovery_budget=recovery_budget, listen=listen, prefetch=prefetch,
     )
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.
