@@ -24,11 +24,11 @@ from ._enqueue import (
     ArgsEncoder,
     Enqueued,
     JobOptions,
-    Rows,
     SpecialRows,
     check_schema,
     check_task_name,
     job_params,
+    json_array,
     translated_errors,
 )
 from ._errors import (
@@ -395,11 +395,8 @@ class Task(Generic[P, R]):
         if len(rows) == 1:
             params = job_params(self.name, opts, encode(rows[0]), channel)
             return Statement(self, app.queries.job_insert, params, 1, _ids)
-        batch = Rows()
-        for kwargs in rows:
-            batch.add(self.name, opts, encode(kwargs))
-        return Statement(self, app.queries.job_insert_many, batch.params(channel), len(rows),
-                         _ids)
+        params = job_params(self.name, opts, json_array([encode(kw) for kw in rows]), channel)
+        return Statement(self, app.queries.job_insert_many, params, len(rows), _ids)
 
 
 def _ids(rows: list[tuple[Any, ...]]) -> list[Enqueued]:

@@ -277,7 +277,7 @@ def _check_json_value(value: Any, path: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Column arrays for ``job_insert_many``, in input order."""
+    """Column arrays for ``job_insert_special``, in input order."""
 
     queue: list[str] = field(default_factory=list)
     task: list[str] = field(default_factory=list)
@@ -304,6 +304,11 @@ class Rows:
 
 
 ROW_COLUMNS = tuple(f.name for f in fields(Rows))
+
+
+def json_array(documents: list[str]) -> str:
+    """One JSON array of already-encoded JSON documents (``job_insert_many``'s args)."""
+    return "[" + ",".join(documents) + "]"
 
 
 def unique_key(task: str, opts: JobOptions, kwargs: Mapping[str, Any]) -> str | None:
