@@ -311,7 +311,11 @@ class Procrastinate:
         def enqueue() -> int:
             return int(loop.run_until_complete(task.defer_async()))
 
-        return enqueue, loop.close
+        def close() -> None:
+            loop.run_until_complete(self.app.close_async())
+            loop.close()
+
+        return enqueue, close
 
 
 SYSTEMS = {"pgjobs": PgJobs, "pgqueuer": PgQueuer, "procrastinate": Procrastinate}
@@ -350,17 +354,28 @@ def drain(system: str, dsn: str, n: int, procs: int, concurrency: int) -> float:
     return n / elapsed
 
 
-def remaining(system: str, dsn: str) -> int:
+def remaining(system: str, dsn: str, unclaimed: bool = False) -> int:
+    """Jobs not finished (or, with ``unclaimed``, not yet picked by a worker)."""
     import psycopg
 
     query = {
-        "pgjobs": "SELECT count(*) FROM pgjobs.jobs WHERE state <> 'succeeded'",
-        "pgqueuer": "SELECT count(*) FROM pgqueuer",
-        "procrastinate": "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'",
-    }[system]
+        ("pgjobs", False): "SELECT count(*) FROM pgjobs.jobs WHERE state <> 'succeeded'",
+        ("pgjobs", True): "SELECT count(*) FROM pgjobs.jobs WHERE state = 'available'",
+        ("pgqueuer", False): "SELECT count(*) FROM pgqueuer",
+        ("pgqueuer", True): "SELECT count(*) FROM pgqueuer WHERE status = 'queued'",
+        ("procrastinate", False):
+            "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'",
+        ("procrastinate", True): "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'",
+    }[system, unclaimed]
     with psycopg.connect(dsn) as conn:
         row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
+
+
+def wait_claimed(system: str, dsn: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while remaining(system, dsn, unclaimed=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def latency(system: str, dsn: str, rate: float, seconds: float, concurrency: int
@@ -382,7 +397,8 @@ def latency(system: str, dsn: str, rate: float, seconds: float, concurrency: int
         next_at += interval
         time.sleep(max(0.0, next_at - time.perf_counter()))
     close()
-    time.sleep(1.0)
+    wait_claimed(system, dsn, timeout=60)  # a loaded machine may lag behind the producer
+    time.sleep(0.5)
     stop.set()
     _done, starts = out.get(timeout=60)
     child.join(30)

@@ -173,6 +173,7 @@ def main() -> None:
         say("starting a throwaway PostgreSQL (default durability) ...")
         base = server.start()
     scratch = f"pgjobs_peers_{uuid.uuid4().hex[:8]}"
+    errors: list[str] = []
     try:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
@@ -183,7 +184,7 @@ def main() -> None:
         dsn = url_for(base, scratch)
         for system in systems:
             measure(system, "setup", dsn)
-        runs = run_rounds(args, systems, dsn)
+        runs = run_rounds(args, systems, dsn, errors)
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -202,6 +203,7 @@ def main() -> None:
         "args": vars(args),
         "medians": medians,
         "runs": runs,
+        "errors": errors,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,7 @@ def main() -> None:
     print(header + table)
 
 
-def run_rounds(args: argparse.Namespace, systems: list[str], dsn: str
+def run_rounds(args: argparse.Namespace, systems: list[str], dsn: str, errors: list[str]
                ) -> dict[str, dict[str, list[float]]]:
     runs: dict[str, dict[str, list[float]]] = {}
     for r in range(args.rounds):
@@ -227,7 +229,13 @@ def run_rounds(args: argparse.Namespace, systems: list[str], dsn: str
             for system in order:
                 say(f"[round {r + 1}/{args.rounds}] {name:<15} {system:<14}", end="")
                 started = time.perf_counter()
-                result = measure(system, scenario, dsn, **sizes)
+                try:
+                    result = measure(system, scenario, dsn, **sizes)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    # One system's failure must not lose the others' figures: record it.
+                    say(f"FAILED: {str(exc).strip().splitlines()[-1][:200]}")
+                    errors.append(f"round {r + 1} {name} {system}: {exc}")
+                    continue
                 if scenario == "latency":
                     for p in ("p50", "p90", "p99"):
                         runs.setdefault(f"latency_{p}", {}).setdefault(system, []).append(

@@ -13,19 +13,17 @@ from psycopg import sql
 
 # -- enqueue --------------------------------------------------------------------------
 
-# One job, one round trip: the insert and its wake-up share a statement. run_in is added
-# to the *database* clock (promise: database clock only). pg_notify is transactional: a
+# One job, one round trip: the insert and its wake-up share a statement (pg_notify in
+# RETURNING runs once, for the one row; no CTE to materialise). run_in is added to the
+# *database* clock (promise: database clock only). pg_notify is transactional: a
 # rolled-back enqueue notifies nobody, and a worker woken at commit finds the row visible.
 job_insert = """
-WITH job AS (
-    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at)
-    SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
-           -- expires_in counts from the job's run_at, as in Sidekiq
-           coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval)
-    FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
-    RETURNING id
-)
-SELECT job.id, pg_notify(%(channel)s, %(queue)s) FROM job
+INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at)
+SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
+       -- expires_in counts from the job's run_at, as in Sidekiq
+       coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval)
+FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
+RETURNING id, pg_notify(%(channel)s, %(queue)s)
 """
 
 # Many jobs of one task (one queue, one set of options) in one statement: the options are
