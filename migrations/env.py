@@ -29,6 +29,9 @@ def _prologue() -> None:
 def run_offline() -> None:
     context.configure(
         dialect_name="postgresql",
+        # With the dialect's default "pyformat" style, every % in a revision's SQL would be
+        # printed doubled (%%), which breaks e.g. RAISE formats in PL/pgSQL.
+        dialect_opts={"paramstyle": "named"},
         literal_binds=True,
         version_table=VERSION_TABLE,
         version_table_schema=schema,

@@ -11,12 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ._batches import Batch, BatchStatus, create_batch, get_status
 from ._db import TRANSIENT
@@ -28,7 +29,7 @@ from ._enqueue import (
     check_schema,
     check_task_name,
     job_params,
-    json_array,
+    many_rows,
     translated_errors,
 )
 from ._errors import (
@@ -38,6 +39,8 @@ from ._errors import (
     MissingDatabaseURL,
     UnknownTask,
 )
+from ._limits import NO_KEY_LIMIT, KeyLimit
+from ._periodic import Schedule, make_schedule
 from ._queries import Queries
 
 log = logging.getLogger("pgjobs")
@@ -59,6 +62,8 @@ class Config:
     """Largest encoded args accepted by enqueue, in bytes. None: no limit."""
     pool_size: int = 4
     """Connections in the app's own pool, used by enqueue calls made without a connection."""
+    pool_timeout: float = 5.0
+    """Seconds an enqueue without a connection waits for a pool connection per try."""
     push_retries: int = 5
     """Retries of an enqueue made without a connection when the connection fails
     (backoff 0.1 s doubling to 3 s). A receipt makes each retry safe: no duplicate jobs."""
@@ -74,6 +79,8 @@ class Config:
             raise InvalidOption("pool_size must be at least 1")
         if self.push_retries < 0:
             raise InvalidOption("push_retries cannot be negative")
+        if self.pool_timeout <= 0:
+            raise InvalidOption("pool_timeout must be positive")
 
     @property
     def channel(self) -> str:
@@ -101,9 +108,11 @@ class App:
         self.config = Config(dsn=dsn, schema=schema, **settings)
         self.queries = Queries(schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
+        self._alock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<pgjobs.App schema={self.config.schema!r} tasks={len(self.tasks)}>"
@@ -124,13 +133,22 @@ class App:
 
         Options (the defaults of every enqueue of this task): ``queue`` ("default"),
         ``priority`` (0, lower first), ``max_attempts`` (25), ``run_at`` / ``run_in``,
-        ``expires_at`` / ``expires_in``. ``name`` defaults to ``module.qualname``; give
-        one explicitly when producers enqueue by name or the module may move.
+        ``expires_at`` / ``expires_in``, ``unique_for`` / ``unique_key`` /
+        ``unique_until`` ("success" or "start") / ``on_duplicate`` ("return" or "raise"),
+        and ``batch``; see :class:`pgjobs.JobOptions`. ``name`` defaults to
+        ``module.qualname``; give one explicitly when producers enqueue by name or the
+        module may move.
 
         Handler settings (used by the worker, not stored with the job): ``timeout``
         (seconds; an async handler is cancelled, a sync one is asked to stop through
         ``current_job().should_stop`` and its attempt fails when it returns) and
         ``retry_backoff`` (``attempt -> seconds`` before the next try).
+
+        Per-key limits, enforced by the claim across all workers (docs/queues.md):
+        ``concurrency_key`` (a format string over the job's arguments such as
+        ``"customer:{customer_id}"``, or a callable of them; default: the task name),
+        ``concurrency_limit`` (most running jobs per key) and ``rate_limit`` with
+        ``rate_period`` (most starts per key in any window of that length).
         """
         timeout = options.pop("timeout", None)
         retry_backoff = options.pop("retry_backoff", None)
@@ -140,18 +158,62 @@ class App:
             raise InvalidOption("retry_backoff must be a callable: attempt -> seconds")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
-            task_name = check_task_name(name or f"{func.__module__}.{func.__qualname__}")
+            default = f"{func.__module__}.{func.__qualname__}"
+            task_name = check_task_name(default if name is None else name)
             if task_name in self.tasks:
                 raise ConfigurationError(
                     f"task name {task_name!r} is registered twice; pass @app.job(name=...)"
                 )
-            task: Task[P, R] = Task(self, task_name, JobOptions().merge(options), func)
+            task_options = dict(options)
+            limit = KeyLimit.pop_options(task_name, task_options)
+            task: Task[P, R] = Task(self, task_name, JobOptions().merge(task_options), func)
             task.timeout = None if timeout is None else float(timeout)
             task.retry_backoff = retry_backoff
+            task.limit = limit
             self.tasks[task_name] = task
             return task
 
         return register if fn is None else register(fn)
+
+    def periodic(
+        self, cron: str, *, name: str | None = None, kwargs: Mapping[str, Any] | None = None,
+        tz: str = "UTC", catch_up: str = "latest", catch_up_window: timedelta | None = None,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Enqueue the task below at every tick of ``cron`` (stack it above ``@app.job``).
+
+        ``cron``: five fields, or six with seconds last (``"* * * * * */10"``), read in
+        ``tz``. ``name`` (default: the task's name) identifies the schedule in the
+        ``periodic`` table; give one per schedule when a task has several. ``kwargs``: the
+        job's arguments. ``catch_up``: what happens to ticks missed while no worker ran:
+        ``"latest"`` enqueues the newest once, ``"skip"`` none (only ticks found less than
+        a minute late run), ``"all"`` every one within ``catch_up_window`` (default one
+        hour). Every worker process enqueues due ticks, each exactly once.
+        """
+
+        def register(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                          catch_up_window=catch_up_window)
+            return task
+
+        return register
+
+    def schedule(
+        self, task: Task[..., Any], cron: str, *, name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None, tz: str = "UTC", catch_up: str = "latest",
+        catch_up_window: timedelta | None = None,
+    ) -> Schedule:
+        """:meth:`periodic` as a call: ``app.schedule(task, "0 * * * *", ...)``."""
+        if isinstance(task, Task) and task.app is not self:
+            raise ConfigurationError(f"{task.name} belongs to another App; schedule it there")
+        entry = make_schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
+                              catch_up_window=catch_up_window)
+        if entry.name in self.schedules:
+            raise ConfigurationError(
+                f"periodic schedule {entry.name!r} is declared twice; give each one a "
+                "name=... of its own"
+            )
+        self.schedules[entry.name] = entry
+        return entry
 
     def task(self, name: str, **options: Any) -> Task[..., Any]:
         """The task called ``name``: the registered one, or a reference for producers that
@@ -207,6 +269,10 @@ class App:
 
     async def apool(self) -> AsyncConnectionPool[AnyAsyncConnection]:
         """The async twin of :attr:`pool`, opened on first use."""
+        async with self._alock:
+            return await self._open_apool()
+
+    async def _open_apool(self) -> AsyncConnectionPool[AnyAsyncConnection]:
         if self._apool is None:
             pool: AsyncConnectionPool[AnyAsyncConnection] = AsyncConnectionPool(
                 self.dsn,
@@ -229,7 +295,7 @@ class App:
         receipt = Receipt(self.queries)
         for attempt in range(self.config.push_retries + 1):
             try:
-                with self.pool.connection() as conn:
+                with self.pool.connection(timeout=self.config.pool_timeout) as conn:
                     if attempt:
                         found = receipt.found(conn.execute(*receipt.get()).fetchone())
                         if found is not None:
@@ -237,7 +303,12 @@ class App:
                     results = statement.run(conn)
                     conn.execute(*receipt.put(results))
                 return results
-            except TRANSIENT as exc:
+            except psycopg.errors.UniqueViolation:
+                if not attempt:
+                    raise
+                # An earlier try committed while this one ran: the next finds its receipt.
+                continue
+            except (*TRANSIENT, PoolTimeout) as exc:
                 if attempt == self.config.push_retries:
                     raise
                 log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
@@ -250,7 +321,7 @@ class App:
         pool = await self.apool()
         for attempt in range(self.config.push_retries + 1):
             try:
-                async with pool.connection() as conn:
+                async with pool.connection(timeout=self.config.pool_timeout) as conn:
                     if attempt:
                         cursor = await conn.execute(*receipt.get())
                         found = receipt.found(await cursor.fetchone())
@@ -259,7 +330,12 @@ class App:
                     results = await statement.arun(conn)
                     await conn.execute(*receipt.put(results))
                 return results
-            except TRANSIENT as exc:
+            except psycopg.errors.UniqueViolation:
+                if not attempt:
+                    raise
+                # An earlier try committed while this one ran: the next finds its receipt.
+                continue
+            except (*TRANSIENT, PoolTimeout) as exc:
                 if attempt == self.config.push_retries:
                     raise
                 log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
@@ -304,7 +380,7 @@ class App:
 class Task(Generic[P, R]):
     """A registered handler plus enqueue defaults. Calling it runs the function directly."""
 
-    __slots__ = ("app", "encoder", "fn", "name", "opts", "retry_backoff", "timeout")
+    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "retry_backoff", "timeout")
 
     def __init__(
         self, app: App, name: str, opts: JobOptions, fn: Callable[P, R] | None,
@@ -317,6 +393,7 @@ class Task(Generic[P, R]):
         self.encoder = encoder or _encoder_for(app, name, fn)
         self.timeout: float | None = None
         self.retry_backoff: Callable[[int], float] | None = None
+        self.limit: KeyLimit | None = None
 
     def __repr__(self) -> str:
         return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
@@ -332,9 +409,11 @@ class Task(Generic[P, R]):
 
     def options(self, **changes: Any) -> Task[P, R]:
         """A copy with other enqueue options: queue, priority, max_attempts, run_at,
-        run_in, expires_at, expires_in."""
+        run_in, expires_at, expires_in, unique_for, unique_key, unique_until,
+        on_duplicate, batch (see :class:`pgjobs.JobOptions`)."""
         copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
         copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
+        copy.limit = self.limit
         return copy
 
     def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
@@ -349,6 +428,16 @@ class Task(Generic[P, R]):
         if conn is None:
             return self.app._push(statement)[0]
         return statement.run(conn)[0]
+
+    def _limits(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
+
+    def _limit_values(self) -> Mapping[str, Any]:
+        """The per-key limit columns shared by every job of this task (key aside)."""
+        if self.limit is None:
+            return NO_KEY_LIMIT
+        return {"concurrency_key": None, "concurrency_limit": self.limit.concurrency_limit,
+                "rate_limit": self.limit.rate_limit, "rate_period": self.limit.rate_period}
 
     def enqueue_many(
         self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
@@ -388,14 +477,17 @@ class Task(Generic[P, R]):
         if opts.special:
             special = SpecialRows()
             for kwargs in rows:
-                special.add(self.name, opts, encode(kwargs), kwargs)
+                special.add(self.name, opts, encode(kwargs), kwargs, self._limits(kwargs))
             params = special.params(channel, app.queries.sequence, opts.batch_id)
             return Statement(self, app.queries.job_insert_special, params, len(rows),
-                             special.results)
+                             special.results, special.input_keys)
         if len(rows) == 1:
-            params = job_params(self.name, opts, encode(rows[0]), channel)
+            params = job_params(self.name, opts, encode(rows[0]), channel,
+                                self._limits(rows[0]))
             return Statement(self, app.queries.job_insert, params, 1, _ids)
-        params = job_params(self.name, opts, json_array([encode(kw) for kw in rows]), channel)
+        keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
+        params = job_params(self.name, opts, "", channel, self._limit_values())
+        params["rows"] = many_rows([encode(kw) for kw in rows], keys)
         return Statement(self, app.queries.job_insert_many, params, len(rows), _ids)
 
 
@@ -412,6 +504,8 @@ class Statement:
     params: dict[str, Any]
     size: int
     decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
+    keys: list[str | None] = field(default_factory=list)
+    """Each input row's unique key (unique enqueues only)."""
 
     def run(self, conn: AnyConnection) -> list[Enqueued]:
         with translated_errors(self.task.app.config.schema):
@@ -427,10 +521,8 @@ class Statement:
     def check(self, results: list[Enqueued]) -> list[Enqueued]:
         opts = self.task.opts
         if opts.on_duplicate == "raise":
-            for index, result in enumerate(results):
+            for key, result in zip(self.keys, results, strict=True):
                 if result.duplicate:
-                    keys = self.params.get("unique_key") or []
-                    key = keys[min(index, len(keys) - 1)] if keys else ""
                     raise DuplicateJob(self.task.name, key or "", result.id)
         return results
 

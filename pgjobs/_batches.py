@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._errors import BatchFinished
+from ._errors import BatchFinished, ConfigurationError
 from ._job import row_dict
 
 if TYPE_CHECKING:
@@ -105,10 +105,14 @@ class Batch:
         }
         row = self.conn.execute(
             self.app.queries.batch_add_callback,
-            {"id": self.id, "callback": json.dumps(callback, ensure_ascii=False)},
+            {"id": self.id, "event": event,
+             "callback": json.dumps(callback, ensure_ascii=False)},
         ).fetchone()
         if row is None:
-            raise BatchFinished(f"batch {self.id} does not exist or has already succeeded")
+            raise BatchFinished(
+                f"batch {self.id} does not exist or its {event} event has already fired; "
+                "register callbacks in the transaction that creates the batch"
+            )
 
     def child(self, description: str | None = None) -> Batch:
         """A child batch: this batch's callbacks wait until the child completes/succeeds."""
@@ -122,6 +126,13 @@ class Batch:
 def create_batch(
     app: App, conn: psycopg.Connection[Any], description: str | None, parent: int | None = None
 ) -> Batch:
+    if conn.autocommit:
+        # Each statement would commit on its own: the still-empty batch would succeed at
+        # once and refuse the jobs that follow.
+        raise ConfigurationError(
+            "build a batch inside a transaction: use a connection with autocommit off "
+            "(or `with conn.transaction():`)"
+        )
     row = conn.execute(
         app.queries.batch_insert,
         {"parent_id": parent, "description": description, "meta": "{}"},

@@ -158,24 +158,63 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
               help="Exit once no due job is left.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
               show_envvar=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              envvar="PGJOBS_PROCESSES", show_envvar=True,
+              help="Run a supervisor over N worker processes: crashed ones are restarted, "
+                   "SIGHUP restarts them one by one. Default: one worker, no supervisor.")
+@click.option("--start-timeout", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, envvar="PGJOBS_START_TIMEOUT", show_envvar=True,
+              help="With --processes: seconds a new process gets to register during a "
+                   "rolling restart before the restart is abandoned.")
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int, listen: bool,
-           prefetch: int, burst: bool, log_level: str) -> None:
+           prefetch: int, burst: bool, log_level: str, processes: int | None,
+           start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
     Signals: SIGTERM/SIGINT stop claiming and wait --shutdown-timeout for running jobs,
     then release the rest (their attempt is not counted); a second one stops at once.
     SIGTSTP quiets the worker (no new claims) until it is stopped.
+    With --processes, the supervisor forwards these to every process, and SIGHUP makes
+    a rolling restart: each process is replaced by a new one that imports the code
+    afresh, and drained once its replacement runs.
     """
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = load_app(app_spec)
+    parent = click.get_current_context().parent
+    explicit = parent is not None and parent.get_parameter_source("schema") not in (
+        click.core.ParameterSource.DEFAULT, None)
+    if explicit and obj.schema != app.config.schema:
+        raise ConfigurationError(
+            f"--schema/PGJOBS_SCHEMA says {obj.schema!r} but {app_spec} uses schema "
+            f"{app.config.schema!r}; the app's schema decides (App(schema=...))"
+        )
     if app.config.dsn is None and obj.dsn_option:
         app.config = replace(app.config, dsn=obj.dsn_option)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
+    if processes is not None:
+        from . import _supervisor
+
+        flags = [
+            "--app", app_spec, "--concurrency", str(concurrency), "--lease", str(lease),
+            "--shutdown-timeout", str(shutdown_timeout), "--poll-interval", str(poll_interval),
+            "--recovery-budget", str(recovery_budget), "--log-level", log_level,
+            "--prefetch", str(prefetch), "--listen" if listen else "--no-listen",
+            *(["--queues", queues] if queues else []), *(["--burst"] if burst else []),
+        ]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PGJOBS_PROCESSES", "PGJOBS_START_TIMEOUT")}
+        # The database and schema go by environment, never on a command line `ps` shows.
+        env.update(PGJOBS_DATABASE_URL=app.dsn, PGJOBS_SCHEMA=obj.schema)
+        sys.exit(_supervisor.run(_supervisor.SupervisorConfig(
+            command=[sys.executable, "-m", "pgjobs", "worker", *flags], env=env,
+            processes=processes, dsn=app.dsn, schema=app.config.schema,
+            start_timeout=start_timeout, burst=burst,
+        )))
     config = WorkerConfig(
         queues=_queues(queues), concurrency=concurrency, lease=lease,
         shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
@@ -351,6 +390,16 @@ def dev_url(folder: str) -> None:
 def dev_destroy(folder: str) -> None:
     """Stop the local server and delete its data."""
     _dev_server(folder).destroy()
+
+
+def _add_admin_commands() -> None:
+    from ._cli_admin import periodic, queue
+
+    cli.add_command(periodic)
+    cli.add_command(queue)
+
+
+_add_admin_commands()
 
 
 def main() -> None:

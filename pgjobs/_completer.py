@@ -8,8 +8,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
+
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
-from ._executor import Outcome, outcome_row, outcomes_param
+from ._executor import Outcome, Row, default_backoff, failure, outcome_row, outcomes_param
 from ._job import JobContext
 from ._queries import Queries
 
@@ -56,26 +58,14 @@ class Completer:
 
     async def flush(self) -> None:
         batch, self.buffer = self.buffer[: self.max_batch], self.buffer[self.max_batch :]
-        rows = [(p, outcome_row(p.outcome)) for p in batch]
-        writes = [(p, row) for p, row in rows if row is not None]
-        written: set[int] = set()
-        if writes:
-            params = outcomes_param([(p.ctx.id, p.ctx.job.lease_token, r) for p, r in writes])
-            while True:
-                try:
-                    conn = await self.connector.get()
-                    cursor = await conn.execute(self.queries.job_complete_many, params)
-                    written = {row[0] for row in await cursor.fetchall()}
-                    break
-                except RETRY_STATEMENT as exc:  # (before TRANSIENT: they subclass it)
-                    # Flushes of two workers can lock the same batches in different orders;
-                    # PostgreSQL aborts one statement (all or nothing), so run it again.
-                    log.info("outcome flush retried after %s", type(exc).__name__)
-                    await asyncio.sleep(random.uniform(0.001, 0.02))
-                except TRANSIENT as exc:
-                    await self.connector.backoff(exc)
+        writes = [(p, row) for p in batch if (row := outcome_row(p.outcome)) is not None]
+        written, retried = await self._write(writes) if writes else (set(), False)
         for p, _row in writes:
             if p.ctx.id not in written and not p.ctx.completed:
+                if retried:
+                    log.info("outcome %s of job %s was written by the interrupted flush or "
+                             "its lease was lost meanwhile", p.outcome.kind, p.ctx.id)
+                    continue
                 self.lease_lost += 1
                 p.ctx.lease_lost_event.set()
                 log.warning(
@@ -85,8 +75,63 @@ class Completer:
                 )
         self.on_written(batch)
 
+    async def _write(self, writes: list[tuple[Pending, Row]]) -> tuple[set[int], bool]:
+        """Write ``writes`` in one statement; return the ids written and whether a
+        connection failure made it retry (an earlier try may then have committed)."""
+        retried = False
+        while True:
+            try:
+                conn = await self.connector.get()
+                cursor = await conn.execute(self.queries.job_complete_many, _params(writes))
+                return {row[0] for row in await cursor.fetchall()}, retried
+            except RETRY_STATEMENT as exc:  # (before TRANSIENT: they subclass it)
+                # Flushes of two workers can lock the same batches in different orders;
+                # PostgreSQL aborts one statement (all or nothing), so run it again.
+                log.info("outcome flush retried after %s", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0.001, 0.02))
+            except TRANSIENT as exc:
+                retried = True  # the failed try may have committed before the error
+                await self.connector.backoff(exc)
+            except psycopg.Error as exc:
+                # The database refused a row (not the connection): write one by one so
+                # that one bad outcome cannot hold back the others.
+                if len(writes) == 1:
+                    return await self._write_refused(writes[0], exc), retried
+                written: set[int] = set()
+                for write in writes:
+                    found, again = await self._write([write])
+                    written |= found
+                    retried = retried or again
+                return written, retried
+
+    async def _write_refused(self, write: tuple[Pending, Row], exc: psycopg.Error) -> set[int]:
+        """Record a failure in place of an outcome the database refused."""
+        pending, _ = write
+        log.error("job %s: outcome %s refused by the database (%s); recording a failure",
+                  pending.ctx.id, pending.outcome.kind, exc)
+        refused = OutcomeRefused(f"the job's outcome could not be stored: {exc}")
+        row = outcome_row(failure(pending.ctx.job, refused, default_backoff))
+        assert row is not None
+        try:
+            conn = await self.connector.get()
+            cursor = await conn.execute(self.queries.job_complete_many,
+                                        _params([(pending, row)]))
+            return {r[0] for r in await cursor.fetchall()}
+        except psycopg.Error as again:
+            log.error("job %s: its failure could not be stored either (%s); its lease "
+                      "will expire and the job will be recovered", pending.ctx.id, again)
+            return set()
+
     async def drain(self) -> None:
         """Return once every submitted outcome is written (including a flush in flight)."""
         if not self.idle.is_set():
             self.wake.set()
             await self.idle.wait()
+
+
+class OutcomeRefused(Exception):
+    """The database refused to store a job's outcome (recorded as that job's failure)."""
+
+
+def _params(writes: list[tuple[Pending, Row]]) -> dict[str, str]:
+    return outcomes_param([(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes])

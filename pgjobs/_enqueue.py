@@ -27,6 +27,7 @@ from ._errors import (
     InvalidOption,
     SchemaNotReady,
 )
+from ._limits import NO_KEY_LIMIT
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
@@ -62,6 +63,10 @@ def check_task_name(value: object) -> str:
 
 def check_schema(value: object) -> str:
     hint = "use 1-50 characters from letters, digits and '_', starting with a letter or '_'"
+    if isinstance(value, str) and value.lower() == "public":
+        # pgjobs keeps its own alembic_version table in its schema; in public it would be
+        # the application's own and break its migrations.
+        raise InvalidName(f"invalid schema name {value!r}: pgjobs needs a schema of its own")
     if isinstance(value, str) and value.startswith("pg_"):
         # PostgreSQL refuses to create schemas with this prefix (reserved for its own).
         raise InvalidName(f"invalid schema name {value!r}: the prefix 'pg_' is reserved; {hint}")
@@ -288,9 +293,15 @@ class Rows:
     run_in: list[timedelta] = field(default_factory=list)
     expires_at: list[datetime | None] = field(default_factory=list)
     expires_in: list[timedelta | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
+    concurrency_limit: list[int | None] = field(default_factory=list)
+    rate_limit: list[int | None] = field(default_factory=list)
+    rate_period: list[timedelta | None] = field(default_factory=list)
 
-    def add(self, task: str, opts: JobOptions, args: str) -> None:
-        row = job_params(task, opts, args, channel="")
+    def add(
+        self, task: str, opts: JobOptions, args: str, limits: Mapping[str, Any] = NO_KEY_LIMIT
+    ) -> None:
+        row = job_params(task, opts, args, channel="", limits=limits)
         for name in ROW_COLUMNS:
             getattr(self, name).append(row[name])
 
@@ -306,9 +317,13 @@ class Rows:
 ROW_COLUMNS = tuple(f.name for f in fields(Rows))
 
 
-def json_array(documents: list[str]) -> str:
-    """One JSON array of already-encoded JSON documents (``job_insert_many``'s args)."""
-    return "[" + ",".join(documents) + "]"
+def many_rows(documents: list[str], keys: list[str | None] | None) -> str:
+    """``job_insert_many``'s rows: one JSON array of [args, concurrency key] pairs, the
+    args already encoded (they are spliced in, not encoded twice)."""
+    if keys is None:
+        return "[" + ",".join(f"[{doc},null]" for doc in documents) + "]"
+    return "[" + ",".join(
+        f"[{doc},{json.dumps(key)}]" for doc, key in zip(documents, keys, strict=True)) + "]"
 
 
 def unique_key(task: str, opts: JobOptions, kwargs: Mapping[str, Any]) -> str | None:
@@ -335,17 +350,23 @@ class SpecialRows:
     unique_until: list[str] = field(default_factory=list)
     slots: list[tuple[int, bool]] = field(default_factory=list)
     """For each input row: (index of the sent row it resolves to, repeated in this call)."""
+    input_keys: list[str | None] = field(default_factory=list)
+    """For each input row: its unique key."""
     _seen: dict[str, int] = field(default_factory=dict)
 
-    def add(self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any]) -> None:
+    def add(
+        self, task: str, opts: JobOptions, args: str, kwargs: Mapping[str, Any],
+        limits: Mapping[str, Any] = NO_KEY_LIMIT,
+    ) -> None:
         key = unique_key(task, opts, kwargs)
+        self.input_keys.append(key)
         if key is not None and key in self._seen:
             self.slots.append((self._seen[key], True))
             return
         index = len(self.rows)
         if key is not None:
             self._seen[key] = index
-        self.rows.add(task, opts, args)
+        self.rows.add(task, opts, args, limits)
         self.unique_key.append(key)
         self.unique_for.append(opts.unique_for)
         self.unique_until.append(opts.unique_until)
@@ -368,9 +389,14 @@ class SpecialRows:
 ZERO = timedelta(0)
 
 
-def job_params(task: str, opts: JobOptions, args: str, channel: str) -> dict[str, Any]:
-    """Parameters of ``job_insert`` for one job (times relative to the database clock)."""
+def job_params(
+    task: str, opts: JobOptions, args: str, channel: str,
+    limits: Mapping[str, Any] = NO_KEY_LIMIT,
+) -> dict[str, Any]:
+    """Parameters of ``job_insert`` for one job (times relative to the database clock);
+    ``limits`` are the per-key limit columns (``KeyLimit.columns``)."""
     return {
+        **limits,
         "queue": opts.queue,
         "task": task,
         "args": args,

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 import random
 import time
 import traceback
@@ -25,6 +26,8 @@ from ._job import Cancel, ClaimedJob, JobContext, Retry, Snooze, _current
 
 if TYPE_CHECKING:
     from ._app import App, Task
+
+log = logging.getLogger("pgjobs.worker")
 
 # Outcome kinds. Each maps to one row shape in outcome_row().
 SUCCEEDED = "succeeded"
@@ -58,14 +61,28 @@ def default_backoff(attempt: int) -> float:
     return float(attempt**4 + 15 + random.uniform(0, 10) * attempt)
 
 
+def type_name(kind: type[BaseException]) -> str:
+    """``ValueError``, ``myapp.errors.Gone``; pgjobs' own as ``pgjobs.Retry`` (public)."""
+    module = kind.__module__
+    if module == "builtins":
+        return kind.__qualname__
+    if module.startswith("pgjobs._"):
+        module = "pgjobs"
+    return f"{module}.{kind.__qualname__}"
+
+
+def _text(value: str) -> str:
+    # jsonb cannot store NUL; an error message or traceback may contain one.
+    return value.replace("\x00", "\\x00")
+
+
 def error_entry(attempt: int, exc: BaseException) -> dict[str, Any]:
-    kind = type(exc)
     text = "".join(traceback.format_exception(exc))
     return {
         "attempt": attempt,
-        "type": f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins."),
-        "message": str(exc)[:MAX_MESSAGE],
-        "traceback": text[-MAX_TRACEBACK:],
+        "type": type_name(type(exc)),
+        "message": _text(str(exc)[:MAX_MESSAGE]),
+        "traceback": _text(text[-MAX_TRACEBACK:]),
     }
 
 
@@ -74,17 +91,30 @@ def failure(job: ClaimedJob, exc: BaseException, backoff: Callable[[int], float]
     entry = error_entry(job.attempt, exc)
     if job.attempt >= job.max_attempts:
         return Outcome(DEAD, error=entry)
-    delay = exc.delay if isinstance(exc, Retry) and exc.delay else backoff(job.attempt)
+    if isinstance(exc, Retry) and exc.delay is not None:
+        delay = exc.delay
+    else:
+        try:
+            delay = float(backoff(job.attempt))
+        except Exception as backoff_error:
+            log.error("retry_backoff of %s failed (%r); using the default", job.task,
+                      backoff_error)
+            delay = default_backoff(job.attempt)
     return Outcome(RETRY, delay=max(0.0, delay), error=entry)
 
 
 def encode_result(value: Any) -> str | None:
+    """The JSON stored in ``result``; what JSON or jsonb cannot hold is kept as a repr."""
     if value is None:
         return None
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return json.dumps({"unserialisable_result": repr(value)[:MAX_MESSAGE]})
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        text = ""
+    if not text or "\\u0000" in text:
+        return json.dumps({"unserialisable_result": _text(repr(value)[:MAX_MESSAGE])})
+    return text
 
 
 # (state, delay seconds, attempt refund, error, result JSON text, meta) or None for
@@ -116,7 +146,10 @@ def outcome_row(outcome: Outcome) -> Row | None:
 def outcomes_param(writes: list[tuple[int, Any, Row]]) -> dict[str, str]:
     """``job_complete_many``'s parameter for (job id, lease token, row) triples."""
     document = [[job_id, str(token), *row] for job_id, token, row in writes]
-    return {"outcomes": json.dumps(document, ensure_ascii=False, separators=(",", ":"))}
+    # ensure_ascii: a lone surrogate or NUL becomes a JSON escape that the database
+    # refuses (a psycopg.Error, which the completer handles row by row), never an encoding
+    # error in the driver.
+    return {"outcomes": json.dumps(document, separators=(",", ":"))}
 
 
 class Executor:
@@ -142,7 +175,9 @@ class Executor:
             return Outcome(SNOOZED, delay=exc.delay, meta={"snoozed": exc.reason or True})
         except Cancel as exc:
             return Outcome(CANCELLED, meta={"cancel_reason": exc.reason})
-        except Exception as exc:
+        except BaseException as exc:
+            # Every handler error is a failure, SystemExit and KeyboardInterrupt included:
+            # they must not take the worker down (its own signals are handled elsewhere).
             if ctx.lease_lost:
                 return Outcome(LEASE_LOST)
             return failure(job, exc, backoff)
@@ -168,11 +203,14 @@ class Executor:
             if task.is_async:
                 if task.timeout is None:
                     return await fn(**job.args)
+                limit = asyncio.timeout(task.timeout)
                 try:
-                    async with asyncio.timeout(task.timeout):
+                    async with limit:
                         return await fn(**job.args)
                 except TimeoutError:
-                    raise JobTimeout(f"timed out after {task.timeout} s") from None
+                    if limit.expired():
+                        raise JobTimeout(f"timed out after {task.timeout} s") from None
+                    raise  # the handler's own TimeoutError
             call = functools.partial(contextvars.copy_context().run, fn, **job.args)
             future = asyncio.get_running_loop().run_in_executor(self.pool, call)
             if task.timeout is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,8 @@ class Retry(Exception):
 
     def __init__(self, in_: timedelta | float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
-        self.delay = _seconds(in_)
+        # None: the task's backoff decides; 0 retries at once.
+        self.delay: float | None = None if in_ is None else _seconds(in_)
         self.reason = reason
 
 
@@ -100,6 +100,10 @@ class JobContext:
     stop_event: Flag = field(default_factory=Flag, repr=False)
     completed: bool = False
     """True once ``complete(conn)`` succeeded (it commits with the caller's transaction)."""
+    shutting_down: bool = False
+    """True once the worker received SIGTERM: the job still has ``--shutdown-timeout`` to
+    finish. A long handler may checkpoint and ``raise pgjobs.Snooze(0)`` to be released
+    at once without spending an attempt."""
 
     @property
     def id(self) -> int:
@@ -152,7 +156,8 @@ class JobContext:
 
     @property
     def should_stop(self) -> bool:
-        """True when the handler should wind down: lease lost, timeout, or shutdown."""
+        """True when the handler must stop now: its lease was lost, its timeout passed, or
+        the shutdown grace period ran out (see also :attr:`shutting_down`)."""
         return self.stop_event.is_set()
 
     def complete(self, conn: psycopg.Connection[Any], result: Any = None) -> None:
@@ -171,11 +176,9 @@ class JobContext:
         self._check(await cursor.fetchone())
 
     def _params(self, result: Any) -> dict[str, Any]:
-        return {
-            "id": self.job.id,
-            "token": self.job.lease_token,
-            "result": None if result is None else json.dumps(result),
-        }
+        from ._executor import encode_result
+
+        return {"id": self.job.id, "token": self.job.lease_token, "result": encode_result(result)}
 
     def _check(self, row: object) -> None:
         if row is None:

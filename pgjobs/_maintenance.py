@@ -4,13 +4,16 @@ interval and ``run_once(conn)``; the worker runs the due ones between claims."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
+from ._db import TRANSIENT, Connector
 from ._queries import Queries
 
 log = logging.getLogger("pgjobs.maintenance")
@@ -62,5 +65,71 @@ def default_steps(queries: Queries, lease: float, budget: int) -> list[Step]:
         Reclaimer(queries, reclaim_every, budget),
         Step("expire", queries.job_expire, {"limit": 1000}, 1.0),
         Step("prune unique keys", queries.unique_key_prune, {"limit": 1000}, 30.0),
-        Step("prune receipts", queries.enqueue_receipt_prune, {"limit": 1000}, 300.0),
+        Step("prune receipts", queries.enqueue_receipt_prune, {"limit": 10_000}, 60.0),
     ]
+
+
+class StepLike(Protocol):
+    """A maintenance step: ``run_once`` when ``due()``; ``run_once`` sets ``next_run``
+    (monotonic seconds) ``interval`` seconds ahead."""
+
+    interval: float
+    next_run: float
+
+    def due(self) -> bool: ...
+
+    async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> Any: ...
+
+
+class LimitKeyPruner:
+    """Deletes ``limit_keys`` rows of keys nobody used for an hour (or their rate period)."""
+
+    def __init__(self, queries: Queries, interval: float = 300.0, limit: int = 1000) -> None:
+        self.queries = queries
+        self.interval = interval
+        self.limit = limit
+        self.next_run = time.monotonic() + interval
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_run
+
+    async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        self.next_run = time.monotonic() + self.interval
+        cursor = await conn.execute(self.queries.limit_key_prune, {"limit": self.limit})
+        return cursor.rowcount
+
+
+class Maintenance:
+    """Runs steps on a connection of their own, so a slow step never delays a claim or a
+    heartbeat. A step that fails is logged and tried again at its next interval; a lost
+    connection is reopened with backoff."""
+
+    def __init__(self, connector: Connector, steps: Sequence[StepLike]) -> None:
+        self.connector = connector
+        self.steps = list(steps)
+
+    async def run_due(self) -> None:
+        """One pass: run every step that is due."""
+        for step in self.steps:
+            if not step.due():
+                continue
+            try:
+                conn = await self.connector.get()
+                await step.run_once(conn)
+            except TRANSIENT as exc:  # (deadlocks too: they subclass OperationalError)
+                step.next_run = 0.0
+                await self.connector.backoff(exc)
+                return
+            except Exception:
+                step.next_run = time.monotonic() + step.interval
+                log.exception("maintenance step %s failed; retrying in %ss",
+                              getattr(step, "name", type(step).__name__), step.interval)
+
+    async def run(self) -> None:
+        if not self.steps:
+            return
+        while True:
+            wake = min(step.next_run for step in self.steps)
+            await asyncio.sleep(max(0.01, wake - time.monotonic()))
+            await self.run_due()
+

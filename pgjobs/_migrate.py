@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigurationError
@@ -51,6 +52,12 @@ def _run_online(dsn: str, schema: str, action: str, target: str) -> None:
             cfg = _config(schema)
             cfg.attributes["connection"] = connection
             getattr(command, action)(cfg, target)
+    except DBAPIError as exc:
+        # SQLAlchemy is only alembic's transport here: surface psycopg's own error (for
+        # example OperationalError when the server cannot be reached), not its wrapper.
+        if isinstance(exc.orig, psycopg.Error):
+            raise exc.orig from None
+        raise
     finally:
         engine.dispose()
 

@@ -18,29 +18,39 @@ from psycopg import sql
 # *database* clock (promise: database clock only). pg_notify is transactional: a
 # rolled-back enqueue notifies nobody, and a worker woken at commit finds the row visible.
 job_insert = """
-INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at)
+INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
+                           concurrency_key, concurrency_limit, rate_limit, rate_period)
 SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
        -- expires_in counts from the job's run_at, as in Sidekiq
-       coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval)
+       coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
+       %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
 RETURNING id, pg_notify(%(channel)s, %(queue)s)
 """
 
 # Many jobs of one task (one queue, one set of options) in one statement: the options are
-# scalars and the args travel as one JSON array, a single text parameter (an array
-# parameter is encoded element by element by the driver, in Python, which profiled at
-# twice the cost of validating the rows). Identities are drawn in input order, and one
-# notification goes out.
+# scalars, and each job travels as [args, concurrency key] in one JSON array, a single
+# text parameter (an array parameter is encoded element by element by the driver, in
+# Python, which profiled at twice the cost of validating the rows). Identities are drawn
+# in input order, and one notification goes out.
 job_insert_many = """
 WITH timed AS (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS due
 ),
 jobs AS (
-    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at)
-    SELECT %(queue)s, %(task)s, a.args, %(priority)s, %(max_attempts)s, timed.due,
-           coalesce(%(expires_at)s::timestamptz, timed.due + %(expires_in)s::interval)
-    FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(args, ord), timed
-    ORDER BY a.ord
+    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
+                               concurrency_key, concurrency_limit, rate_limit, rate_period)
+    SELECT %(queue)s, %(task)s, r.job->0, %(priority)s, %(max_attempts)s, timed.due,
+           coalesce(%(expires_at)s::timestamptz, timed.due + %(expires_in)s::interval),
+           -- a row without a key has no per-key limit at all
+           r.job->>1, limits.concurrency_limit, limits.rate_limit, limits.rate_period
+    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(job, ord)
+    CROSS JOIN timed
+    LEFT JOIN (SELECT %(concurrency_limit)s::integer AS concurrency_limit,
+                      %(rate_limit)s::integer AS rate_limit,
+                      %(rate_period)s::interval AS rate_period) limits
+        ON r.job->>1 IS NOT NULL
+    ORDER BY r.ord
     RETURNING id
 ),
 notified AS (
@@ -67,10 +77,14 @@ WITH rows AS (
     FROM unnest(
         %(queue)s::text[], %(task)s::text[], %(args)s::jsonb[], %(priority)s::smallint[],
         %(max_attempts)s::integer[], %(run_at)s::timestamptz[], %(run_in)s::interval[],
-        %(expires_at)s::timestamptz[], %(expires_in)s::interval[], %(unique_key)s::text[],
+        %(expires_at)s::timestamptz[], %(expires_in)s::interval[],
+        %(concurrency_key)s::text[], %(concurrency_limit)s::integer[],
+        %(rate_limit)s::integer[], %(rate_period)s::interval[], %(unique_key)s::text[],
         %(unique_for)s::interval[], %(unique_until)s::text[]
     ) WITH ORDINALITY AS r(queue, task, args, priority, max_attempts, run_at, run_in,
-                           expires_at, expires_in, unique_key, unique_for, unique_until, ord)
+                           expires_at, expires_in, concurrency_key, concurrency_limit,
+                           rate_limit, rate_period, unique_key, unique_for, unique_until,
+                           ord)
 ),
 held AS (
     INSERT INTO {schema}.unique_keys AS u (key, job_id, expires_at, release_on)
@@ -91,10 +105,12 @@ winners AS (
 ),
 inserted AS (
     INSERT INTO {schema}.jobs
-        (id, queue, task, args, priority, max_attempts, run_at, expires_at, unique_key, batch_id)
+        (id, queue, task, args, priority, max_attempts, run_at, expires_at, unique_key, batch_id,
+         concurrency_key, concurrency_limit, rate_limit, rate_period)
     OVERRIDING SYSTEM VALUE
     SELECT new_id, queue, task, args, priority, max_attempts, due,
-           coalesce(expires_at, due + expires_in), unique_key, %(batch_id)s::bigint
+           coalesce(expires_at, due + expires_in), unique_key, %(batch_id)s::bigint,
+           concurrency_key, concurrency_limit, rate_limit, rate_period
     FROM winners ORDER BY ord
     RETURNING id, queue
 ),
@@ -138,9 +154,13 @@ RETURNING id
 """
 
 # Callbacks are appended as JSON rows; batch_fire() reads them when the event is due.
+# A callback for an event that has already fired is refused, not silently kept.
 batch_add_callback = """
 UPDATE {schema}.batches SET callbacks = callbacks || jsonb_build_array(%(callback)s::jsonb)
-WHERE id = %(id)s AND succeeded_at IS NULL
+WHERE id = %(id)s
+  AND CASE %(event)s WHEN 'complete' THEN completed_at IS NULL
+                     WHEN 'success' THEN succeeded_at IS NULL
+                     ELSE died_at IS NULL END
 RETURNING id
 """
 
@@ -160,20 +180,32 @@ FROM {schema}.batches WHERE id = %(id)s
 # - clock_timestamp(), not now(): the lease is measured from when the row is taken.
 # - attempt + 1 here, so a crash after this commit still counts as a started attempt; a
 #   reclaim refunds it (recoveries are counted apart).
+# - `settings` reads `queues` once: paused queues drop out, and so do queues with a limit
+#   and jobs with a concurrency key, which only job_claim_limited may start. This is the
+#   statement a worker sends while none of that concerns it (see _limits.ClaimRouter):
+#   it takes no lock beyond the claimed rows, and plans in a fraction of the time.
 # - synchronous_commit off for this transaction only (set_config(..., true) is SET LOCAL,
 #   so it holds under any pooler): the claim returns without waiting for its WAL flush.
 #   A claim lost in a server crash only makes the job claimable again (at-least-once), and
 #   any durable write that follows it - a completion, the handler's own transaction -
 #   flushes the WAL up to and past it first. See docs/benchmarks.md, "Asynchronous claims".
 job_claim = """
-WITH candidates AS (
-    SELECT j.id
+WITH settings AS MATERIALIZED (
+    SELECT q.name
     FROM unnest(%(queues)s::text[]) AS q(name)
+    LEFT JOIN {schema}.queues AS s ON s.name = q.name
+    WHERE s.name IS NULL
+       OR (NOT s.paused AND s.concurrency_limit IS NULL AND s.rate_limit IS NULL)
+),
+candidates AS (
+    SELECT j.id
+    FROM settings AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at
         FROM {schema}.jobs
         WHERE queue = q.name AND state = 'available' AND run_at <= now()
           AND (expires_at IS NULL OR expires_at > now())
+          AND concurrency_key IS NULL
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -194,16 +226,219 @@ RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token, job.recoveries, job.batch_id, job.meta
 """
 
+# The queues of a worker that have limits (the worker then claims with
+# job_claim_limited). Read about once a second; job_claim itself never relies on it.
+queue_limited = """
+SELECT name FROM {schema}.queues
+WHERE name = ANY(%(queues)s::text[]) AND NOT paused
+  AND (concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL)
+"""
+
+# job_claim, and queue and key limits (docs/queues.md) on top, enforced in the claim so
+# they hold for any number of workers:
+# - `settings` reads `queues` once: paused queues drop out; a queue without limits keeps
+#   the plain SKIP LOCKED path and takes no lock at all.
+# - A limited queue's row is locked (FOR UPDATE, in name order so claimers never
+#   deadlock), which serialises the claims of that queue. FOR UPDATE hands back the row's
+#   latest committed version, but the rest of the statement still reads the snapshot taken
+#   when it began, which may miss jobs another claimer started meanwhile. `claimed` (a
+#   monotonic count of starts) closes that gap: latest claimed - claimed as the snapshot
+#   saw it = starts the snapshot cannot see. Running jobs that finished meanwhile still
+#   look running, so the estimate only ever errs on the safe side.
+# - The rate limit is a sliding window over the start times inside it (`recent_starts`,
+#   oldest first, at most rate_limit of them), read and written under the same lock.
+#   Kept sorted, the array is counted and trimmed by binary search (width_bucket gives
+#   the number of elements <= its operand) and a slice, never unnested or sorted.
+# - Per-key limits (jobs.concurrency_key) use the same two ideas on a `limit_keys` row,
+#   through INSERT ... ON CONFLICT DO UPDATE: the upsert locks the key's row (created on
+#   first use) and computes the grant from its latest version. Keys are upserted in key
+#   order, so two claimers never wait on each other's keys in a cycle. Only candidates
+#   that have a key pay for this; the rest skip it.
+job_claim_limited = """
+WITH settings AS MATERIALIZED (
+    SELECT q.name,
+           coalesce(s.concurrency_limit IS NOT NULL OR s.rate_limit IS NOT NULL, false)
+               AS limited,
+           coalesce(s.claimed, 0) AS seen_claimed
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    LEFT JOIN {schema}.queues AS s ON s.name = q.name
+    WHERE s.paused IS NOT TRUE
+),
+locked AS MATERIALIZED (
+    SELECT s.name, s.claimed, s.concurrency_limit, s.rate_limit, s.rate_period,
+           s.recent_starts
+    FROM {schema}.queues AS s
+    -- re-checked on the latest version: a queue paused meanwhile drops out
+    WHERE s.name IN (SELECT name FROM settings WHERE limited) AND NOT s.paused
+    ORDER BY s.name
+    FOR UPDATE
+),
+room AS MATERIALIZED (
+    -- least() ignores NULLs: a limit that is not set does not bound the room
+    SELECT l.name, greatest(0, least(
+        %(limit)s,
+        l.concurrency_limit
+            - (SELECT count(*) FROM {schema}.jobs AS r
+               WHERE r.state = 'running' AND r.queue = l.name)
+            - (l.claimed - s.seen_claimed),
+        l.rate_limit - cardinality(l.recent_starts)
+            + width_bucket(clock_timestamp() - l.rate_period, l.recent_starts)
+    )) AS n
+    FROM locked AS l JOIN settings AS s ON s.name = l.name
+),
+candidates AS MATERIALIZED (
+    SELECT j.*
+    FROM settings AS q
+    LEFT JOIN room ON room.name = q.name
+    CROSS JOIN LATERAL (
+        SELECT a.id, a.priority, a.run_at, a.concurrency_key, a.concurrency_limit,
+               a.rate_limit, a.rate_period
+        FROM {schema}.jobs AS a
+        WHERE a.queue = q.name AND a.state = 'available' AND a.run_at <= now()
+          AND (a.expires_at IS NULL OR a.expires_at > now())
+          -- Step over jobs whose key is full as this snapshot sees it, so one busy key
+          -- cannot block the jobs queued behind it. (The grant below is exact.)
+          AND (a.concurrency_key IS NULL OR (
+              (a.concurrency_limit IS NULL
+               OR (SELECT count(*) FROM {schema}.jobs AS r
+                   WHERE r.state = 'running' AND r.concurrency_key = a.concurrency_key)
+                  < a.concurrency_limit)
+              AND (a.rate_limit IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM {schema}.limit_keys AS k
+                  WHERE k.key = a.concurrency_key
+                    AND cardinality(k.recent_starts)
+                        - width_bucket(now() - a.rate_period, k.recent_starts)
+                        >= a.rate_limit))))
+        ORDER BY a.priority, a.run_at, a.id
+        LIMIT CASE WHEN q.limited THEN coalesce(room.n, 0) ELSE %(limit)s END
+        FOR UPDATE SKIP LOCKED
+    ) AS j
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT %(limit)s
+),
+wanted AS MATERIALIZED (
+    -- per key: candidates, the strictest limits among them, and what the snapshot saw
+    SELECT c.concurrency_key AS key, count(*) AS n,
+           min(c.concurrency_limit) AS concurrency_limit, min(c.rate_limit) AS rate_limit,
+           max(c.rate_period) AS rate_period,
+           (SELECT count(*) FROM {schema}.jobs AS r
+            WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key)
+               AS seen_running,
+           k.claimed AS seen_claimed, k.created_at AS seen_created_at
+    FROM candidates AS c
+    LEFT JOIN {schema}.limit_keys AS k ON k.key = c.concurrency_key
+    WHERE c.concurrency_key IS NOT NULL
+    GROUP BY c.concurrency_key, k.claimed, k.created_at
+),
+granted AS (
+    INSERT INTO {schema}.limit_keys AS k (key, claimed, last_grant, last_start,
+        concurrency_limit, rate_limit, rate_period, recent_starts)
+    SELECT w.key, g.n, g.n, g.at, w.concurrency_limit, w.rate_limit, w.rate_period,
+           CASE WHEN w.rate_limit IS NULL THEN '{{}}'::timestamptz[]
+                ELSE array_fill(g.at, ARRAY[g.n]) END
+    FROM wanted AS w
+    CROSS JOIN LATERAL (
+        SELECT clock_timestamp() AS at,
+               greatest(0, least(w.n, w.concurrency_limit - w.seen_running,
+                                 w.rate_limit))::integer AS n
+    ) AS g
+    ORDER BY w.key
+    ON CONFLICT (key) DO UPDATE SET
+        (claimed, last_grant, last_start, concurrency_limit, rate_limit, rate_period,
+         recent_starts, updated_at) = (
+        SELECT k.claimed + g.n, g.n, g.at, excluded.concurrency_limit, excluded.rate_limit,
+               excluded.rate_period,
+               -- append the new starts (the newest: this claim holds the key's lock),
+               -- drop those that left the window, keep at most rate_limit
+               CASE WHEN excluded.rate_limit IS NULL THEN '{{}}'::timestamptz[]
+                    ELSE (k.recent_starts || array_fill(g.at, ARRAY[g.n]))[greatest(
+                        width_bucket(g.at - excluded.rate_period, k.recent_starts) + 1,
+                        cardinality(k.recent_starts) + g.n - excluded.rate_limit + 1):]
+               END,
+               g.at
+        FROM wanted AS w
+        CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) AS t
+        CROSS JOIN LATERAL (
+            SELECT t.at, greatest(0, least(
+                w.n,
+                excluded.concurrency_limit - w.seen_running
+                    -- starts the snapshot cannot see; a row created (or re-created
+                    -- after pruning) since the snapshot counts in full
+                    - CASE WHEN w.seen_created_at = k.created_at
+                           THEN k.claimed - w.seen_claimed ELSE k.claimed END,
+                excluded.rate_limit - cardinality(k.recent_starts)
+                    + width_bucket(t.at - excluded.rate_period, k.recent_starts)
+            ))::integer AS n
+        ) AS g
+        WHERE w.key = k.key
+    )
+    RETURNING k.key, k.last_grant, k.last_start
+),
+picked AS (
+    SELECT c.id, NULL::timestamptz AS started_at
+    FROM candidates AS c WHERE c.concurrency_key IS NULL
+    UNION ALL
+    -- a key's first last_grant candidates, in claim order; they start at the grant's
+    -- time, which is what the key's rate window recorded
+    SELECT r.id, g.last_start
+    FROM (SELECT id, concurrency_key, row_number() OVER (
+              PARTITION BY concurrency_key ORDER BY priority, run_at, id) AS rank
+          FROM candidates WHERE concurrency_key IS NOT NULL) AS r
+    JOIN granted AS g ON g.key = r.concurrency_key
+    WHERE r.rank <= g.last_grant
+),
+claimed AS (
+    UPDATE {schema}.jobs AS job
+    SET state = 'running',
+        attempt = job.attempt + 1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = clock_timestamp() + %(lease)s::interval,
+        worker_id = %(worker_id)s,
+        started_at = coalesce(picked.started_at, clock_timestamp())
+    FROM picked
+    WHERE job.id = picked.id
+    RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
+              job.lease_token, job.recoveries, job.batch_id, job.meta, job.started_at
+),
+counted AS (
+    -- the limited queues' rows, still locked by `locked`: count the starts, and append
+    -- their times (the jobs' own started_at, later than any recorded) to the window,
+    -- dropping those that left it and keeping at most rate_limit
+    UPDATE {schema}.queues AS s
+    SET claimed = s.claimed + c.n,
+        recent_starts = CASE WHEN s.rate_limit IS NULL THEN '{{}}'::timestamptz[]
+            ELSE (s.recent_starts || c.starts)[greatest(
+                width_bucket(clock_timestamp() - s.rate_period, s.recent_starts) + 1,
+                cardinality(s.recent_starts) + c.n - s.rate_limit + 1):] END
+    FROM (SELECT queue, count(*)::integer AS n,
+                 array_agg(started_at ORDER BY started_at) AS starts
+          FROM claimed GROUP BY queue) AS c
+    WHERE s.name = c.queue AND s.name IN (SELECT name FROM locked)
+)
+SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta
+FROM claimed
+"""
+
 # Renews every lease this worker holds, and its own heartbeat, in one round trip. Fenced
-# by token: a lease that was reclaimed is not renewed, and its id is missing from the
+# by token: a lease that was reclaimed is not renewed, and its token is missing from the
 # result, which is how the worker learns that it lost the job.
+# SKIP LOCKED: a row locked by a handler's own open transaction (complete(conn) before its
+# commit) is reported busy (renewed = false) instead of stalling every other lease.
 job_heartbeat = """
-WITH renewed AS (
+WITH held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+),
+lockable AS (
+    SELECT job.id FROM {schema}.jobs AS job JOIN held ON job.id = held.id
+    FOR UPDATE OF job SKIP LOCKED
+),
+renewed AS (
     UPDATE {schema}.jobs AS job
     SET lease_expires_at = clock_timestamp() + %(lease)s::interval
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
-    WHERE job.id = h.id AND job.lease_token = h.token
-    RETURNING job.id
+    FROM held
+    WHERE job.id = held.id AND job.lease_token = held.token
+      AND job.id IN (SELECT id FROM lockable)
+    RETURNING job.lease_token
 ),
 beat AS (
     UPDATE {schema}.workers SET heartbeat_at = clock_timestamp()
@@ -211,7 +446,9 @@ beat AS (
     RETURNING id
 )
 -- beat is data-modifying, so it runs although nothing selects from it
-SELECT id FROM renewed
+SELECT lease_token, true FROM renewed
+UNION ALL
+SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
 """
 
 # Writes a flush of outcomes in one statement. Every row is fenced by its lease token:
@@ -322,7 +559,8 @@ WHERE key IN (SELECT key FROM {schema}.unique_keys WHERE expires_at <= now()
 enqueue_receipt_prune = """
 DELETE FROM {schema}.enqueue_receipts
 WHERE key IN (SELECT key FROM {schema}.enqueue_receipts
-              WHERE created_at < now() - interval '1 day' LIMIT %(limit)s)
+              WHERE created_at < now() - interval '1 day'
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 """
 
 # -- workers --------------------------------------------------------------------------
@@ -338,6 +576,159 @@ UPDATE {schema}.workers
 SET state = %(state)s, heartbeat_at = clock_timestamp(),
     stopped_at = CASE WHEN %(state)s = 'stopped' THEN clock_timestamp() END
 WHERE id = %(id)s
+"""
+
+# Whether a worker process has registered (the supervisor waits for this before it stops
+# the process being replaced). `after` is the highest id before the process was started,
+# so an old row of a reused pid never counts.
+worker_last_id = """
+SELECT coalesce(max(id), 0) FROM {schema}.workers
+"""
+
+worker_registered = """
+SELECT id FROM {schema}.workers
+WHERE host = %(host)s AND pid = %(pid)s AND id > %(after)s AND state = 'running'
+"""
+
+# -- periodic -------------------------------------------------------------------------
+
+# At worker start: every schedule of the code, in name order (two workers starting at once
+# lock the rows in the same order). A new schedule starts from now(): ticks before it
+# existed are not due. So does one enabled again: the ticks it missed while disabled are
+# not due either. last_tick is kept otherwise, also when the cron expression changed.
+periodic_upsert = """
+INSERT INTO {schema}.periodic AS p (name, schedule, task, queue, args, timezone, catch_up,
+                                    catch_up_window, enabled, last_tick)
+SELECT s.name, s.schedule, s.task, s.queue, s.args, s.timezone, s.catch_up, s.catch_up_window,
+       true, now()
+FROM unnest(%(names)s::text[], %(schedules)s::text[], %(tasks)s::text[], %(queues)s::text[],
+            %(args)s::jsonb[], %(timezones)s::text[], %(catch_ups)s::text[],
+            %(windows)s::interval[])
+     AS s(name, schedule, task, queue, args, timezone, catch_up, catch_up_window)
+ORDER BY s.name
+ON CONFLICT (name) DO UPDATE
+SET schedule = excluded.schedule, task = excluded.task, queue = excluded.queue,
+    args = excluded.args, timezone = excluded.timezone, catch_up = excluded.catch_up,
+    catch_up_window = excluded.catch_up_window, enabled = true,
+    last_tick = CASE WHEN p.enabled THEN p.last_tick ELSE now() END,
+    updated_at = now()
+"""
+
+# A schedule removed from the code is disabled, not deleted: its history stays readable.
+periodic_disable_missing = """
+UPDATE {schema}.periodic SET enabled = false, updated_at = now()
+WHERE enabled AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+"""
+
+# The state tick computation starts from, with the database clock (promise: database clock
+# only; the worker's clock is never used for a tick).
+periodic_state = """
+SELECT name, coalesce(last_tick, created_at), last_tick, now()
+FROM {schema}.periodic
+WHERE name = ANY(%(names)s::text[]) AND enabled
+"""
+
+# The compare-and-set that makes a tick happen once: it succeeds only while last_tick is
+# still what this worker read, and in the same transaction as the tick's job insert, so
+# across any number of workers exactly one transaction enqueues each tick. SKIP LOCKED:
+# while another worker is inside its tick transaction, this one moves on instead of
+# waiting for a compare-and-set that would fail anyway. The sub-select re-checks
+# last_tick on the row's latest version once it holds the lock.
+# set_config(..., true): for the rest of this transaction, which now holds the row lock,
+# a worker stopped mid-transaction (SIGSTOP, a VM pause) has its session ended by
+# PostgreSQL after 5 idle seconds: its tick rolls back and the other workers take it.
+periodic_advance = """
+UPDATE {schema}.periodic AS p
+SET last_tick = %(new)s, updated_at = now()
+FROM (
+    SELECT name, set_config('idle_in_transaction_session_timeout', '5s', true) AS guard
+    FROM {schema}.periodic
+    WHERE name = %(name)s AND enabled AND last_tick IS NOT DISTINCT FROM %(old)s
+    FOR UPDATE SKIP LOCKED
+) AS won
+WHERE p.name = won.name
+RETURNING p.name
+"""
+
+# Inside the tick transaction, after the jobs went in through the ordinary enqueue
+# statement: mark each job with its schedule and tick (jobs.meta), and remember the last.
+periodic_record = """
+WITH stamped AS (
+    UPDATE {schema}.jobs AS job
+    SET meta = job.meta || jsonb_build_object('periodic', %(name)s::text, 'tick', t.tick)
+    FROM unnest(%(ids)s::bigint[], %(ticks)s::text[]) AS t(id, tick)
+    WHERE job.id = t.id
+    RETURNING job.id
+)
+-- stamped is data-modifying, so it runs although nothing selects from it
+UPDATE {schema}.periodic SET last_job_id = coalesce(%(last_job_id)s, last_job_id)
+WHERE name = %(name)s
+"""
+
+periodic_list = """
+SELECT name, task, queue, schedule, timezone, catch_up, catch_up_window, enabled, last_tick,
+       last_job_id, now()
+FROM {schema}.periodic
+ORDER BY name
+"""
+
+# -- queues ---------------------------------------------------------------------------
+
+# Pause or resume; a queue needs no row until an operator sets something. The NOTIFY
+# (transactional, sent at commit) wakes idle workers so a resumed queue drains at once.
+queue_set_paused = """
+WITH q AS (
+    INSERT INTO {schema}.queues AS q (name, paused) VALUES (%(name)s, %(paused)s)
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
+    RETURNING q.name
+)
+SELECT name, pg_notify(%(channel)s, name) FROM q
+"""
+
+# Set (or clear, with NULL) the limits the claim enforces. Only the given ones change:
+# %(set_*)s say which.
+queue_set_limits = """
+WITH q AS (
+    INSERT INTO {schema}.queues AS q (name, concurrency_limit, rate_limit, rate_period)
+    VALUES (%(name)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval)
+    ON CONFLICT (name) DO UPDATE SET
+        concurrency_limit = CASE WHEN %(set_concurrency)s THEN excluded.concurrency_limit
+                                 ELSE q.concurrency_limit END,
+        rate_limit = CASE WHEN %(set_rate)s THEN excluded.rate_limit ELSE q.rate_limit END,
+        rate_period = CASE WHEN %(set_rate)s THEN excluded.rate_period ELSE q.rate_period END,
+        updated_at = now()
+    RETURNING q.name, q.concurrency_limit, q.rate_limit, q.rate_period
+)
+SELECT name, concurrency_limit, rate_limit, rate_period, pg_notify(%(channel)s, name) FROM q
+"""
+
+# Every queue with settings or live jobs. Counting available jobs reads the backlog, so
+# this is for the command line, not for a hot path.
+queue_list = """
+SELECT coalesce(s.name, d.queue) AS name, coalesce(s.paused, false), s.concurrency_limit,
+       s.rate_limit, s.rate_period, coalesce(d.available, 0), coalesce(d.running, 0)
+FROM {schema}.queues AS s
+FULL JOIN (
+    SELECT queue, count(*) FILTER (WHERE state = 'available') AS available,
+           count(*) FILTER (WHERE state = 'running') AS running
+    FROM {schema}.jobs WHERE state IN ('available', 'running')
+    GROUP BY queue
+) AS d ON d.queue = s.name
+ORDER BY 1
+"""
+
+# Forgets concurrency keys nobody used for an hour (or for their rate period, if longer:
+# their start times are still needed until then). A key that comes back starts a new row,
+# which the claim recognises by its created_at. SKIP LOCKED: never waits on a claim.
+limit_key_prune = """
+DELETE FROM {schema}.limit_keys
+WHERE key IN (
+    SELECT key FROM {schema}.limit_keys
+    WHERE updated_at < now() - greatest(interval '1 hour', coalesce(rate_period, interval '0'))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 """
 
 # -- inspection -------------------------------------------------------------------------
@@ -362,6 +753,8 @@ NAMES = (
     "unique_key_prune",
     "enqueue_receipt_prune",
     "job_claim",
+    "job_claim_limited",
+    "queue_limited",
     "job_heartbeat",
     "job_complete_many",
     "job_complete_fenced",
@@ -369,6 +762,18 @@ NAMES = (
     "worker_register",
     "worker_set_state",
     "job_get",
+    "worker_last_id",
+    "worker_registered",
+    "periodic_upsert",
+    "periodic_disable_missing",
+    "periodic_state",
+    "periodic_advance",
+    "periodic_record",
+    "periodic_list",
+    "queue_set_paused",
+    "queue_set_limits",
+    "queue_list",
+    "limit_key_prune",
 )
 
 
@@ -399,6 +804,8 @@ class Queries:
     unique_key_prune: sql.Composed
     enqueue_receipt_prune: sql.Composed
     job_claim: sql.Composed
+    job_claim_limited: sql.Composed
+    queue_limited: sql.Composed
     job_heartbeat: sql.Composed
     job_complete_many: sql.Composed
     job_complete_fenced: sql.Composed
@@ -406,3 +813,15 @@ class Queries:
     worker_register: sql.Composed
     worker_set_state: sql.Composed
     job_get: sql.Composed
+    worker_last_id: sql.Composed
+    worker_registered: sql.Composed
+    periodic_upsert: sql.Composed
+    periodic_disable_missing: sql.Composed
+    periodic_state: sql.Composed
+    periodic_advance: sql.Composed
+    periodic_record: sql.Composed
+    periodic_list: sql.Composed
+    queue_set_paused: sql.Composed
+    queue_set_limits: sql.Composed
+    queue_list: sql.Composed
+    limit_key_prune: sql.Composed

@@ -1,12 +1,15 @@
 """The worker: claims jobs in batches, runs them, and keeps their leases alive.
 
-One asyncio loop per process with four connections, one per role, so no role ever waits
+One asyncio loop per process with five connections, one per role, so no role ever waits
 for another's query:
 
-    claim     claim loop (K = free slots) and the reclaim maintenance step
-    complete  the completer's batched, fenced outcome writes
-    heartbeat lease renewal for every held job, every lease/3
-    listen    LISTEN for enqueue notifications; polling covers any gap
+    claim        claim loop (K = free slots)
+    complete     the completer's batched, fenced outcome writes
+    heartbeat    lease renewal for every held job, every lease/3
+    listen       LISTEN for enqueue notifications; polling covers any gap
+    maintenance  reclaim, expire, prune, periodic ticks (not in burst mode): also while
+                 every slot is busy or the worker is quiet, so lost jobs come back even
+                 when the whole fleet is saturated
 """
 
 from __future__ import annotations
@@ -29,14 +32,20 @@ from ._completer import Completer, Pending
 from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
-from ._executor import RELEASED, Executor, Outcome, elapsed_ms
+from ._executor import RELEASED, Executor, Outcome, default_backoff, elapsed_ms, failure
 from ._job import ClaimedJob, JobContext
-from ._maintenance import default_steps
+from ._limits import ClaimRouter
+from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
+from ._periodic import PeriodicEnqueuer
 
 if TYPE_CHECKING:
     from ._app import App
 
 log = logging.getLogger("pgjobs.worker")
+
+
+class WorkerStopped(Exception):
+    """Stop was requested before the worker got going."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,9 @@ class WorkerConfig:
     never held back from other workers. 0: claim only for free slots."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
+            queues = tuple(q.strip() for q in self.queues.split(",") if q.strip())
+            object.__setattr__(self, "queues", queues)
         if self.queues is not None:
             if not self.queues:
                 raise InvalidOption("queues must name at least one queue")
@@ -80,7 +92,8 @@ class WorkerConfig:
         for name in ("concurrency", "recovery_budget", "prefetch"):
             value = getattr(self, name)
             if type(value) is not int or value < (1 if name == "concurrency" else 0):
-                raise InvalidOption(f"{name} must be a positive int, not {value!r}")
+                least = 1 if name == "concurrency" else 0
+                raise InvalidOption(f"{name} must be an int >= {least}, not {value!r}")
         if self.lease < 1:
             raise InvalidOption("lease must be at least 1 second")
         for name in ("shutdown_timeout", "poll_interval"):
@@ -103,16 +116,20 @@ class Worker:
         self.maintenance = default_steps(self.queries, config.lease, config.recovery_budget)
         if config.reclaim_interval:
             self.maintenance[0].interval = config.reclaim_interval
-        self.running: dict[int, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.router = ClaimRouter(self.queries, self.queues, keyed=any(
+            t.limit is not None and t.opts.queue in self.queue_set for t in app.tasks.values()))
+        # Keyed by lease token: a job this worker lost and claimed again is two attempts.
+        self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
         self.ready: deque[JobContext] = deque()  # claimed ahead, waiting for a free slot
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
-        self.leases: dict[int, JobContext] = {}
+        self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.worker_id: int | None = None
         self.stopping = False
         self.quieted = False
         self.shutdown_timeout = config.shutdown_timeout
         self._wake: asyncio.Event | None = None
+        self._immediately: asyncio.Event | None = None
 
     # -- control (signal handlers call these) ------------------------------------------
 
@@ -122,6 +139,11 @@ class Worker:
             return
         if immediately:
             self.shutdown_timeout = 0
+            if self._immediately is not None:
+                self._immediately.set()
+        if not self.stopping:
+            for ctx, _ in self.running.values():
+                ctx.shutting_down = True
         self.stopping = True
         self._poke()
 
@@ -141,16 +163,25 @@ class Worker:
     async def run(self) -> Counter[str]:
         """Run until stopped; return the count of outcomes by kind."""
         self._wake = asyncio.Event()
+        self._immediately = asyncio.Event()
         dsn, prepare = self.app.dsn, self.app.config.prepare
         self.claim_db = Connector(dsn, "claim", prepare)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
+        self.maintenance_db = Connector(dsn, "maintenance", prepare)
+        self.maintenance_runner = self._maintenance(self.maintenance_db)
         complete_db = Connector(dsn, "complete", prepare)
         self.completer = Completer(complete_db, self.queries, self._written)
         try:
             await self._check_schema()
             self.worker_id = await self._register()
+        except WorkerStopped as exc:
+            log.warning("pgjobs worker: %s", exc)
+            for db in (self.claim_db, self.beat_db, complete_db, self.maintenance_db):
+                await db.close()
+            self.executor.shutdown()
+            return self.stats
         except BaseException:
-            for db in (self.claim_db, self.beat_db, complete_db):
+            for db in (self.claim_db, self.beat_db, complete_db, self.maintenance_db):
                 await db.close()
             self.executor.shutdown()
             raise
@@ -159,17 +190,33 @@ class Worker:
             self.worker_id, ",".join(self.queues), self.config.concurrency,
             self.config.lease, self.config.burst, os.getpid(),
         )
+        # One pass before the first claim: lost jobs come back and expired ones end
+        # before anything is claimed (and burst runs see a settled queue).
+        await self.maintenance_runner.run_due()
         background = [
             asyncio.create_task(self.completer.run(), name="pgjobs-completer"),
             asyncio.create_task(self._heartbeat_loop(), name="pgjobs-heartbeat"),
         ]
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="pgjobs-listen"))
+        background.append(
+            asyncio.create_task(self.maintenance_runner.run(), name="pgjobs-maintenance")
+        )
         try:
             await self._claim_loop()
         finally:
-            await self._shutdown(background, [self.claim_db, self.beat_db, complete_db])
+            await self._shutdown(
+                background, [self.claim_db, self.beat_db, complete_db, self.maintenance_db]
+            )
         return self.stats
+
+    def _maintenance(self, connector: Connector) -> Maintenance:
+        # A burst worker (drain, then exit) enqueues no periodic ticks: tests that drain
+        # must not find cron jobs appearing under them.
+        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries)]
+        if not self.config.burst:
+            steps.append(PeriodicEnqueuer(self.app))
+        return Maintenance(connector, steps)
 
     async def _check_schema(self) -> None:
         """Refuse to run against a schema older (or newer) than this code."""
@@ -193,6 +240,8 @@ class Worker:
                     found = version[0] if version else None
                 break
             except TRANSIENT as exc:
+                if self.stopping:
+                    raise WorkerStopped("stopped before the database could be reached") from exc
                 await self.claim_db.backoff(exc)
         head = head_revision()
         if found != head:
@@ -213,6 +262,8 @@ class Worker:
                 assert row is not None
                 return int(row[0])
             except TRANSIENT as exc:
+                if self.stopping:
+                    raise WorkerStopped("stopped before the database could be reached") from exc
                 await self.claim_db.backoff(exc)
 
     async def _claim_loop(self) -> None:
@@ -233,10 +284,9 @@ class Worker:
             if jobs is None:
                 continue
             self._accept(jobs)
-            await self._maintain()  # after the claim: a job woken by NOTIFY never waits for it
-            if len(jobs) == want:
-                continue
-            if self.config.burst and not jobs and not self.running and not self.ready:
+            if jobs:
+                continue  # more may be due: a claim can stop short of `want` (key limits)
+            if self.config.burst and not self.running and not self.ready:
                 await self.completer.drain()  # retries written as due may be claimable
                 jobs = await self._claim(want)
                 if not jobs:
@@ -254,8 +304,9 @@ class Worker:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
+            statement = await self.router.statement(conn)
             sent = time.perf_counter()
-            cursor = await conn.execute(self.queries.job_claim, {
+            cursor = await conn.execute(statement, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })
@@ -267,21 +318,20 @@ class Worker:
         _failpoints.hit("after_claim_commit")
         return [ClaimedJob(*row) for row in rows]
 
-    async def _maintain(self) -> None:
-        """Run the due maintenance steps on the claim connection."""
-        try:
-            conn = await self.claim_db.get()
-            for step in self.maintenance:
-                if step.due():
-                    await step.run_once(conn)
-        except TRANSIENT as exc:
-            await self.claim_db.backoff(exc)
-
     def _accept(self, jobs: list[ClaimedJob]) -> None:
         """Lease (heartbeat) every claimed job at once; start as many as slots allow."""
+        claimed = {job.id for job in jobs}
+        for stale, _ in list(self.running.values()):
+            if stale.id in claimed:  # our earlier attempt lost its lease and was reclaimed
+                self._lease_lost(stale)
+        for stale in self.ready:
+            if stale.id in claimed:
+                self._lease_lost(stale)
         for job in jobs:
             ctx = JobContext(job, self.queries)
-            self.leases[job.id] = ctx
+            if self.stopping:
+                ctx.shutting_down = True
+            self.leases[job.lease_token] = ctx
             self.ready.append(ctx)
         self._fill_slots()
 
@@ -289,15 +339,19 @@ class Worker:
         while self.ready and len(self.running) < self.config.concurrency:
             ctx = self.ready.popleft()
             if ctx.lease_lost:  # reclaimed while it waited: another attempt owns it
-                self.leases.pop(ctx.id, None)
+                self.leases.pop(ctx.job.lease_token, None)
                 continue
             task = asyncio.create_task(self._run_job(ctx))
-            self.running[ctx.id] = (ctx, task)
+            self.running[ctx.job.lease_token] = (ctx, task)
 
     async def _run_job(self, ctx: JobContext) -> None:
         started = time.perf_counter()
-        outcome = await self.executor.execute(ctx.job, ctx)
-        self.running.pop(ctx.id, None)
+        try:
+            outcome = await self.executor.execute(ctx.job, ctx)
+        except BaseException as exc:
+            outcome = failure(ctx.job, exc, default_backoff)
+            log.exception("job %s: internal error, recorded as a failure", ctx.id)
+        self.running.pop(ctx.job.lease_token, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
         self.ahead.ran(time.perf_counter() - started)
@@ -309,7 +363,7 @@ class Worker:
 
     def _written(self, batch: list[Pending]) -> None:
         for pending in batch:
-            self.leases.pop(pending.ctx.id, None)
+            self.leases.pop(pending.ctx.job.lease_token, None)
         _failpoints.hit("after_complete_commit")
 
     # -- leases ------------------------------------------------------------------------
@@ -328,7 +382,7 @@ class Worker:
             try:
                 conn = await self.beat_db.get()
                 cursor = await conn.execute(self.queries.job_heartbeat, params)
-                renewed = {row[0] for row in await cursor.fetchall()}
+                rows = await cursor.fetchall()
                 last_ok = time.monotonic()
             except TRANSIENT as exc:
                 if time.monotonic() - last_ok > self.config.lease:
@@ -338,8 +392,10 @@ class Worker:
                         self._lease_lost(ctx)
                 await self.beat_db.backoff(exc)
                 continue
+            answered = {token for token, _ in rows}  # renewed, or busy (locked by its tx)
             for ctx in held:
-                if ctx.id not in renewed and ctx.id in self.leases and not ctx.completed:
+                token = ctx.job.lease_token
+                if token not in answered and token in self.leases and not ctx.completed:
                     self._lease_lost(ctx)
 
     def _lease_lost(self, ctx: JobContext) -> None:
@@ -348,10 +404,12 @@ class Worker:
         log.warning("job %s lost its lease (attempt %s): stopping it", ctx.id, ctx.attempt)
         ctx.lease_lost_event.set()
         ctx.stop_event.set()
-        entry = self.running.get(ctx.id)
+        entry = self.running.get(ctx.job.lease_token)
         task = self.app.tasks.get(ctx.task)
         if entry is not None and task is not None and task.is_async:
             entry[1].cancel()
+
+    # -- maintenance -------------------------------------------------------------------
 
     # -- listen ------------------------------------------------------------------------
 
@@ -383,9 +441,15 @@ class Worker:
                 self.completer.submit(ctx, Outcome(RELEASED))
                 self.stats[RELEASED] += 1
         tasks = [task for _, task in self.running.values()]
-        if tasks:
+        if tasks and self.shutdown_timeout > 0:
             log.info("waiting up to %ss for %d running job(s)", self.shutdown_timeout, len(tasks))
-            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            assert self._immediately is not None
+            cut_short = asyncio.create_task(self._immediately.wait())
+            everything = asyncio.ensure_future(asyncio.wait(tasks))
+            await asyncio.wait([everything, cut_short], timeout=self.shutdown_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            cut_short.cancel()
+            everything.cancel()
         if self.running:
             log.warning("interrupting %d job(s) after the shutdown timeout; they are "
                         "released to run again", len(self.running))

@@ -205,3 +205,20 @@ def spawn_batch_workers(dsn: str) -> Iterator[Callable[[int], list[WorkerProcess
         worker.kill()
         print(f"--- worker {worker.pid} log (tail) ---\n{worker.log()[-3000:]}")
         worker.close()
+
+
+def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(
+        pgjobs.ConfigurationError, match="inside a transaction"
+    ):
+        app.batch(conn)
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.enqueue(member, n=1, die=True)
+    drain(app)
+    with psycopg.connect(dsn) as conn:
+        again = app.batch(conn, batch_id=batch.id)
+        with pytest.raises(pgjobs.BatchFinished, match="death event has already fired"):
+            again.on_death(callback, tag="late")
+        conn.rollback()
+        again.on_success(callback, tag="still possible")  # success has not happened

@@ -218,3 +218,10 @@ def test_batch_callbacks_can_carry_options(dsn: str) -> None:
         batch.on_success(callback.options(queue="callbacks", priority=-5), tag="opts")
     row = query(dsn, "SELECT queue, priority FROM pgjobs.jobs WHERE task = 'callback'")
     assert row == [("callbacks", -5)]
+
+
+def test_duplicate_job_names_the_key_of_the_duplicate_row(dsn: str) -> None:
+    raising = unique_success.options(on_duplicate="raise")
+    with psycopg.connect(dsn) as conn, pytest.raises(pgjobs.DuplicateJob) as raised:
+        raising.enqueue_many(conn, [{"key": "x"}, {"key": "x"}, {"key": "y"}])
+    assert raised.value.key == f"unique_success:default:{key_digest('x')}"

@@ -4,7 +4,10 @@ signals and leases with real `pgjobs worker` subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -16,7 +19,7 @@ import pgjobs
 from pgjobs import _executor, _migrate
 from pgjobs._job import ClaimedJob, JobContext
 from pgjobs.testing import assert_enqueued, drain
-from tests.helpers import WorkerProcess, job_state, query, scalar, wait_until
+from tests.helpers import TESTS, WorkerProcess, job_state, query, scalar, wait_until
 from tests.workerapps import basic
 from tests.workerapps.basic import HARNESS, app
 
@@ -113,7 +116,7 @@ def test_retry_counts_the_attempt_and_schedules_from_the_database_clock(dsn: str
     delay = scalar(dsn, "SELECT run_at - (errors->-1->>'at')::timestamptz FROM pgjobs.jobs "
                         "WHERE id = %s", job_id)
     assert timedelta(seconds=599) < delay < timedelta(seconds=601)
-    assert row["errors"][-1]["type"] == "pgjobs._job.Retry"  # type: ignore[index]
+    assert row["errors"][-1]["type"] == "pgjobs.Retry"  # type: ignore[index]
 
 
 def test_snooze_does_not_count_an_attempt(dsn: str) -> None:
@@ -147,7 +150,7 @@ def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(dsn: str) -
     row = job(dsn, ghost)
     assert row["state"] == "available" and row["attempt"] == 1
     assert "'os.system'" in row["errors"][0]["message"]  # type: ignore[index]
-    assert row["errors"][0]["type"] == "pgjobs._errors.UnknownTask"  # type: ignore[index]
+    assert row["errors"][0]["type"] == "pgjobs.UnknownTask"  # type: ignore[index]
     assert job_state(dsn, ok) == "succeeded"
 
 
@@ -157,7 +160,7 @@ def test_timeouts_cancel_async_handlers_and_ask_sync_ones_to_stop(dsn: str) -> N
     assert drain(app) == {"dead": 2}
     for job_id in (a, s):
         error = job(dsn, job_id)["errors"][0]  # type: ignore[index]
-        assert error["type"] == "pgjobs._executor.JobTimeout"
+        assert error["type"] == "pgjobs.JobTimeout"
 
 
 def test_transactional_completion_writes_the_effect_once(dsn: str) -> None:
@@ -441,3 +444,112 @@ def test_worker_command_errors_are_one_clear_line(dsn: str) -> None:
     finally:
         bad.close()
 
+
+
+def test_a_worker_with_every_slot_busy_still_reclaims_lost_jobs(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    busy_id = enqueue(dsn, basic.busy, seconds=20)
+    worker = spawn("--concurrency", "1", "--lease", "2")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "busy job start")
+    lost_id = enqueue(dsn, basic.noop)
+    (lost,) = claim(dsn, lease=1.0)  # a claimer that then vanishes
+    assert lost.id == lost_id
+    wait_until(lambda: scalar(dsn, "SELECT recoveries FROM pgjobs.jobs WHERE id = %s",
+                              lost_id) == 1, 20, "the reclaim while every slot is busy")
+    assert job_state(dsn, busy_id) == "running"
+    worker.signal(signal.SIGTERM)
+
+
+def test_outcomes_with_nul_are_stored_safely(dsn: str) -> None:
+    result_id = enqueue(dsn, basic.nul_result)
+    error_id = enqueue(dsn, basic.nul_error)
+    assert drain(app) == {"succeeded": 1, "dead": 1}
+    assert job(dsn, result_id)["result"] == {"unserialisable_result": "'a\\x00b'"}
+    assert job(dsn, error_id)["errors"][0]["message"] == "bad\\x00byte"  # type: ignore[index]
+
+
+def test_a_broken_backoff_falls_back_to_the_default(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.broken_backoff)
+    assert drain(app) == {"retry": 1}
+    row = job(dsn, job_id)
+    assert row["state"] == "available" and row["attempt"] == 1
+    assert scalar(dsn, "SELECT run_at > now() + interval '10 s' FROM pgjobs.jobs "
+                       "WHERE id = %s", job_id)
+
+
+def test_system_exit_in_a_handler_is_a_failure_not_a_worker_exit(dsn: str) -> None:
+    failed = enqueue(dsn, basic.exits)
+    fine = enqueue(dsn, basic.double, x=2)
+    assert drain(app) == {"dead": 1, "succeeded": 1}
+    assert job(dsn, failed)["errors"][0]["type"] == "SystemExit"  # type: ignore[index]
+    assert job_state(dsn, fine) == "succeeded"
+
+
+def test_retry_in_zero_retries_at_once_and_error_types_are_public(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.retry_now)
+    assert drain(app) == {"retry": 2, "dead": 1}
+    row = job(dsn, job_id)
+    assert row["attempt"] == 3
+    assert {e["type"] for e in row["errors"]} == {"pgjobs.Retry"}  # type: ignore[attr-defined]
+
+
+def test_a_handlers_own_timeout_error_is_not_a_job_timeout(dsn: str) -> None:
+    job_id = enqueue(dsn, basic.own_timeout)
+    assert drain(app) == {"dead": 1}
+    assert job(dsn, job_id)["errors"][0]["type"] == "TimeoutError"  # type: ignore[index]
+
+
+def test_a_row_locked_by_a_handlers_transaction_does_not_stall_other_leases(dsn: str) -> None:
+    lingering = enqueue(dsn, basic.complete_then_linger, seconds=3.5)
+    neighbour = enqueue(dsn, basic.busy, seconds=3.5)
+    assert drain(app, lease=1.0, concurrency=2) == {"succeeded": 2}
+    for job_id in (lingering, neighbour):
+        row = job(dsn, job_id)
+        assert row["recoveries"] == 0 and row["attempt"] == 1, row
+    assert scalar(dsn, "SELECT count(*) FROM attempts") == 2
+
+
+def test_queues_given_as_a_string_are_not_split_into_letters() -> None:
+    assert pgjobs.WorkerConfig(queues="mail").queues == ("mail",)  # type: ignore[arg-type]
+    assert pgjobs.WorkerConfig(queues="mail, sms").queues == (  # type: ignore[arg-type]
+        "mail", "sms")
+
+
+def test_a_polite_handler_is_released_at_sigterm_without_spending_an_attempt(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    job_id = enqueue(dsn, basic.polite, seconds=60)
+    worker = spawn("--shutdown-timeout", "60")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "job start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0  # well before the 60 s grace period
+    row = job(dsn, job_id)
+    assert row["state"] == "available" and row["attempt"] == 0
+    assert row["meta"] == {"snoozed": "shutting down"}
+
+
+def test_a_second_sigterm_cuts_the_grace_period_short(
+    dsn: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    job_id = enqueue(dsn, basic.async_busy, seconds=120)
+    worker = spawn("--shutdown-timeout", "120")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "job start")
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: scalar(dsn, "SELECT state FROM pgjobs.workers") == "stopping", 30,
+               "stopping state")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0  # not the 120 s grace period
+    assert job(dsn, job_id)["state"] == "available"
+
+
+def test_the_worker_refuses_a_schema_flag_that_contradicts_the_app(dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PGJOBS_SCHEMA"}
+    env["PYTHONPATH"] = str(TESTS)
+    done = subprocess.run(
+        [sys.executable, "-m", "pgjobs", "--dsn", dsn, "--schema", "other_schema", "worker",
+         "--app", "workerapps.basic:app"],
+        env=env, cwd=str(TESTS), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "the app's schema decides" in done.stderr

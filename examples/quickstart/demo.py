@@ -1,15 +1,19 @@
-"""The quickstart demo that `make demo` runs: transactional enqueue on a local PostgreSQL.
+"""The quickstart demo that `make demo` runs: transactional enqueue and a worker, on a
+local PostgreSQL.
 
 It starts (or reuses) the server in ./.pgjobs that `pgjobs dev start` manages, installs
 pgjobs' tables in a schema of its own (dropped and recreated on every run), enqueues jobs
-in a committed transaction, in a rolled-back one and with enqueue_many, then reads the
-jobs table back with plain SQL. It exits 1 if what it reads is not what it should be.
-Nothing runs the jobs: they stay `available`.
+in a committed transaction, in a rolled-back one and with enqueue_many, and reads the jobs
+table back with plain SQL. Then it runs the jobs in this process with
+`pgjobs.testing.drain(app)` (a burst worker: it runs every due job, then returns) and reads
+the table again: states, attempts, results and the error a failed attempt left behind.
+It exits 1 if what it reads is not what it should be.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import UTC, timedelta
@@ -22,6 +26,7 @@ from psycopg import sql
 import pgjobs
 from pgjobs import _migrate
 from pgjobs._devserver import LocalServer
+from pgjobs.testing import drain
 
 SCHEMA = "pgjobs_demo"  # pgjobs' tables, for this demo only
 SHOP = "pgjobs_demo_shop"  # the demo application's own table lives here
@@ -63,16 +68,33 @@ reset(url)
 print(f"pgjobs tables in schema {SCHEMA!r} (revision {_migrate.head_revision()})\n")
 
 app = pgjobs.App(dsn=url, schema=SCHEMA)
+ran: list[int] = []  # ids of the jobs the handlers below ran, one entry per attempt
 
 
 @app.job(name="send_welcome_email", queue="mail", max_attempts=5)
 def send_welcome_email(user_id: int) -> None:
-    print(f"welcome, user {user_id}")
+    ran.append(pgjobs.current_job().id)
+    print(f"    handler: welcome, user {user_id}")
 
 
 @app.job(name="resize_image", queue="images", priority=10)
-def resize_image(path: str, width: int) -> None:
-    print(f"resizing {path} to {width}px")
+def resize_image(path: str, width: int) -> dict[str, Any]:
+    ran.append(pgjobs.current_job().id)
+    print(f"    handler: resizing {path} to {width}px")
+    return {"thumbnail": path.replace(".", f".{width}."), "width": width}
+
+
+# Fails on its first attempt, like a call to a flaky service. The retry_backoff of 0 s
+# makes the retry due at once, so the same drain() runs it again (the default backoff
+# would wait about 16 to 26 s before the second attempt).
+@app.job(name="sync_crm", retry_backoff=lambda attempt: 0)
+def sync_crm(user_id: int) -> str:
+    job = pgjobs.current_job()
+    ran.append(job.id)
+    print(f"    handler: sync_crm user {user_id}, attempt {job.attempt}")
+    if job.attempt == 1:
+        raise ConnectionError("CRM timed out")
+    return f"crm contact for user {user_id}"
 
 
 INSERT_USER = sql.SQL("INSERT INTO {}.users (email) VALUES (%s) RETURNING id").format(
@@ -129,23 +151,27 @@ with app.connect() as conn:
 check(notified(1) == {"images"}, "one notification for the whole statement")
 listener.close()
 
-print(f"\nSELECT id, queue, task, args, state, run_at FROM {SCHEMA}.jobs ORDER BY id;")
+print("4. a job whose first attempt will fail")
 with app.connect() as conn:
-    rows = conn.execute(
-        sql.SQL("SELECT id, queue, task, args, state, run_at FROM {}.jobs ORDER BY id").format(
-            sql.Identifier(SCHEMA)
-        )
-    ).fetchall()
+    crm = sync_crm.enqueue(conn, user_id=ada)
+
+JOBS = sql.Identifier(SCHEMA, "jobs")
+
+
+def fetch(columns: str, where: str = "TRUE", *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of the jobs table, read with plain SQL on a connection of our own."""
+    query = sql.SQL(f"SELECT {columns} FROM {{}} WHERE {where} ORDER BY id").format(JOBS)
+    with app.connect() as conn:
+        return conn.execute(query, params).fetchall()
+
+
+print(f"\nSELECT id, queue, task, args, state, run_at FROM {SCHEMA}.jobs ORDER BY id;")
+rows = fetch("id, queue, task, args, state, run_at")
+with app.connect() as conn:
     users = conn.execute(
         sql.SQL("SELECT email FROM {}.users ORDER BY id").format(sql.Identifier(SHOP))
     ).fetchall()
-    due = conn.execute(
-        sql.SQL("SELECT run_at > now() + interval '4 minutes' FROM {}.jobs WHERE id = %s").format(
-            sql.Identifier(SCHEMA)
-        ),
-        (resize.id,),
-    ).fetchone()
-app.close()
+due = fetch("run_at > now() + interval '4 minutes'", "id = %s", resize.id)
 
 print(f"  {'id':>3}  {'queue':<7} {'task':<19} {'args':<42} {'state':<10} run_at (UTC)")
 for id_, queue, task, args, state, run_at in rows:
@@ -156,7 +182,7 @@ for id_, queue, task, args, state, run_at in rows:
 print()
 
 by_id = {row[0]: row for row in rows}
-committed = [welcome.id, resize.id, *(t.id for t in thumbs)]
+committed = [welcome.id, resize.id, *(t.id for t in thumbs), crm.id]
 check(sorted(by_id) == sorted(committed), f"exactly the committed jobs exist: ids {committed}")
 check(lost.id not in by_id, f"the rolled-back job (id {lost.id}) does not exist")
 check(users == [("ada@example.com",)], "only the committed user exists")
@@ -166,19 +192,87 @@ check(
     and welcome_row[1:4] == ("mail", "send_welcome_email", {"user_id": ada}),
     "queue, task and args are stored as given",
 )
-check(due is not None and due[0] is True, "run_in=5 minutes put run_at 5 minutes ahead")
+check(due == [(True,)], "run_in=5 minutes put run_at 5 minutes ahead")
 check(
     [by_id[t.id][3]["path"] if t.id in by_id else None for t in thumbs]
     == ["photos/1.jpg", "photos/2.jpg", "photos/3.jpg"],
     "enqueue_many returns the ids in input order",
 )
-check(all(row[4] == "available" for row in rows), "every job is 'available' (no worker runs)")
+check(all(row[4] == "available" for row in rows), "every job is 'available' (nothing ran yet)")
+
+# The worker's own log lines (one at start, one per outcome, one at stop).
+logging.basicConfig(format="    log: %(message)s")
+logging.getLogger("pgjobs.worker").setLevel(logging.INFO)
+
+print("\n5. run the due jobs: pgjobs.testing.drain(app), a burst worker in this process")
+outcomes = drain(app)
+print(f"  drain returned {dict(outcomes)}")
+check(
+    outcomes == {"succeeded": 5, "retry": 1},
+    "5 jobs succeeded; sync_crm failed once and was retried",
+)
+check(
+    fetch("state", "id = %s", resize.id) == [("available",)],
+    "the job scheduled 5 minutes ahead still waits: drain leaves future jobs queued",
+)
+
+print("\n6. make the scheduled job due (as if 5 minutes passed) and drain again")
+with app.connect() as conn:
+    conn.execute(
+        sql.SQL("UPDATE {} SET run_at = now() WHERE id = %s AND state = 'available'").format(JOBS),
+        (resize.id,),
+    )
+outcomes = drain(app)
+print(f"  drain returned {dict(outcomes)}")
+check(outcomes == {"succeeded": 1}, "the scheduled job ran")
+logging.getLogger("pgjobs.worker").setLevel(logging.WARNING)
+
+print(f"\nSELECT id, task, state, attempt, result, errors FROM {SCHEMA}.jobs ORDER BY id;")
+done = fetch("id, task, state, attempt, result, errors")
+app.close()
+print(f"  {'id':>3}  {'task':<19} {'state':<10} {'attempt':>7}  result / errors")
+for id_, task, state, attempt, result, errors in done:
+    print(f"  {id_:>3}  {task:<19} {state:<10} {attempt:>7}  {json.dumps(result)}")
+    for error in errors:
+        print(f"{'':47}error: attempt {error['attempt']}, {error['type']}: {error['message']}")
+print()
+
+final = {row[0]: row for row in done}
+check(
+    sorted(final) == sorted(committed) and all(r[2] == "succeeded" for r in done),
+    "every committed job ended 'succeeded'",
+)
+check(lost.id not in ran, f"the rolled-back job (id {lost.id}) never ran")
+check(ran.count(crm.id) == 2, "sync_crm ran twice")
+crm_row = final.get(crm.id)
+check(
+    crm_row is not None
+    and crm_row[3] == 2
+    and [(e["attempt"], e["type"], e["message"]) for e in crm_row[5]]
+    == [(1, "ConnectionError", "CRM timed out")],
+    "sync_crm succeeded on attempt 2; its errors column keeps the failure of attempt 1",
+)
+check(
+    all(ran.count(job_id) == 1 for job_id in committed if job_id != crm.id),
+    "every other job ran exactly once",
+)
+resize_row = final.get(resize.id)
+check(
+    resize_row is not None
+    and resize_row[4] == {"thumbnail": f"avatars/{ada}.128.png", "width": 128},
+    "a handler's return value is stored in the result column",
+)
+welcome_done = final.get(welcome.id)
+check(
+    welcome_done is not None and welcome_done[4] is None,
+    "a handler that returns None leaves result NULL",
+)
 
 if problems:
     print(f"\ndemo FAILED: {len(problems)} check(s) did not hold", file=sys.stderr)
     sys.exit(1)
 print(
-    f"\nThe jobs wait in {SCHEMA}.jobs (the next run drops that schema). To look yourself:\n"
+    f"\nThe jobs stay in {SCHEMA}.jobs (the next run drops that schema). To look yourself:\n"
     f"  {server.bindir}/psql {url} -c 'TABLE {SCHEMA}.queue_depth'\n"
     "The server keeps running; `.venv/bin/pgjobs dev stop` stops it (data stays in .pgjobs/)."
 )

@@ -27,10 +27,10 @@ CREATE TABLE enqueue_receipts (
 );
 CREATE INDEX enqueue_receipts_created_idx ON enqueue_receipts (created_at);
 
--- When a hold ends besides its time limit: 'success' (the job reaches a terminal state),
--- 'start' (the job is claimed), or 'expiry' (only expires_at ends it: idempotency keys).
+-- When a hold ends besides its time limit: 'success' (the job reaches a terminal state)
+-- or 'start' (the job is claimed).
 ALTER TABLE unique_keys ADD COLUMN release_on text NOT NULL DEFAULT 'success',
-    ADD CONSTRAINT unique_keys_release_valid CHECK (release_on IN ('success', 'start', 'expiry'));
+    ADD CONSTRAINT unique_keys_release_valid CHECK (release_on IN ('success', 'start'));
 
 -- Children that have not completed yet (children_pending counts those not yet succeeded):
 -- a parent completes after all its children complete, and succeeds after they succeed.
@@ -48,8 +48,7 @@ BEGIN
         RETURN OLD;
     END IF;
     IF NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired') THEN
-        DELETE FROM unique_keys
-        WHERE key = NEW.unique_key AND job_id = NEW.id AND release_on <> 'expiry';
+        DELETE FROM unique_keys WHERE key = NEW.unique_key AND job_id = NEW.id;
     ELSIF NEW.state = 'running' THEN
         DELETE FROM unique_keys
         WHERE key = NEW.unique_key AND job_id = NEW.id AND release_on = 'start';

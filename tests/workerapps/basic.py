@@ -176,3 +176,60 @@ def crash() -> None:
     """Kills its own worker process, like a segfault or the OOM killer."""
     record_attempt()
     os._exit(77)
+
+
+@app.job(name="nul_result")
+def nul_result() -> str:
+    return "a\x00b"
+
+
+@app.job(name="nul_error", max_attempts=1)
+def nul_error() -> None:
+    raise ValueError("bad\x00byte")
+
+
+def _broken_backoff() -> float:  # wrong signature: raises TypeError when called
+    return 0.0
+
+
+@app.job(name="broken_backoff", retry_backoff=_broken_backoff, max_attempts=2)
+def broken_backoff() -> None:
+    raise RuntimeError("fails")
+
+
+@app.job(name="exits", max_attempts=1)
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@app.job(name="retry_now", max_attempts=3)
+def retry_now() -> None:
+    raise pgjobs.Retry(in_=0)
+
+
+@app.job(name="own_timeout", timeout=30, max_attempts=1)
+async def own_timeout() -> None:
+    raise TimeoutError("the handler's own timeout")
+
+
+@app.job(name="complete_then_linger")
+def complete_then_linger(seconds: float) -> None:
+    """Completes in its transaction, then keeps the transaction (and the row lock) open."""
+    record_attempt()
+    with psycopg.connect(app.dsn) as conn:
+        pgjobs.current_job().complete(conn)
+        time.sleep(seconds)
+    record_finish()
+
+
+@app.job(name="polite")
+def polite(seconds: float) -> str:
+    """Winds down at SIGTERM: asks to be released without spending an attempt."""
+    record_attempt()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pgjobs.current_job().shutting_down:
+            record_finish()
+            raise pgjobs.Snooze(0, reason="shutting down")
+        time.sleep(0.02)
+    return "done"

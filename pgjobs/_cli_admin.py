@@ -1,0 +1,194 @@
+"""Operator commands: ``pgjobs queue ...`` and ``pgjobs periodic ...``.
+
+They read and write the ``queues`` and ``periodic`` tables only, so they need the database
+but not the application's code; plain SQL on those tables does the same (docs/queues.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import click
+import psycopg
+from croniter import croniter
+from croniter.croniter import CroniterError
+
+from ._app import Config
+from ._enqueue import check_queue, translated_errors
+from ._errors import PgJobsError
+from ._queries import Queries
+
+
+class Target(Protocol):
+    """What the ``pgjobs`` group passes down (``_cli.Context``)."""
+
+    @property
+    def dsn(self) -> str: ...
+
+    schema: str
+
+
+def _connect(obj: Target) -> psycopg.Connection[Any]:
+    return psycopg.connect(obj.dsn, autocommit=True)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _seconds(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value.total_seconds():g}s"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat(sep=" ", timespec="seconds")
+
+
+def _queue_name(name: str) -> str:
+    try:
+        return check_queue(name)
+    except PgJobsError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+
+
+# -- pgjobs queue --------------------------------------------------------------------------
+
+
+@click.group()
+def queue() -> None:
+    """Pause, resume and limit queues at run time (the `queues` table).
+
+    \b
+      pgjobs queue pause mail
+      pgjobs queue limit mail --concurrency 5 --rate 100 --per 60
+      pgjobs queue list
+    """
+
+
+@queue.command("list")
+@click.pass_obj
+def queue_list(obj: Target) -> None:
+    """Every queue with settings or waiting/running jobs."""
+    queries = Queries(obj.schema)
+    with _connect(obj) as conn, translated_errors(obj.schema):
+        rows = conn.execute(queries.queue_list).fetchall()
+    _table(
+        ["QUEUE", "PAUSED", "CONCURRENCY", "RATE", "AVAILABLE", "RUNNING"],
+        [[name, "yes" if paused else "no", "-" if limit is None else str(limit),
+          "-" if rate is None else f"{rate} per {_seconds(period)}", str(available),
+          str(running)]
+         for name, paused, limit, rate, period, available, running in rows],
+    )
+
+
+def _set_paused(obj: Target, name: str, paused: bool) -> None:
+    queries = Queries(obj.schema)
+    params = {"name": _queue_name(name), "paused": paused,
+              "channel": Config(schema=obj.schema).channel}
+    with _connect(obj) as conn, translated_errors(obj.schema):
+        conn.execute(queries.queue_set_paused, params)
+    click.echo(f"queue {name!r} {'paused' if paused else 'resumed'}")
+
+
+@queue.command("pause")
+@click.argument("name")
+@click.pass_obj
+def queue_pause(obj: Target, name: str) -> None:
+    """Stop claiming jobs of queue NAME (running jobs finish; new ones keep arriving)."""
+    _set_paused(obj, name, True)
+
+
+@queue.command("resume")
+@click.argument("name")
+@click.pass_obj
+def queue_resume(obj: Target, name: str) -> None:
+    """Claim jobs of queue NAME again (idle workers are woken at once)."""
+    _set_paused(obj, name, False)
+
+
+@queue.command("limit")
+@click.argument("name")
+@click.option("--concurrency", type=click.IntRange(min=0), default=None,
+              envvar="PGJOBS_QUEUE_CONCURRENCY", show_envvar=True,
+              help="Most running jobs of the queue across all workers (0: no limit).")
+@click.option("--rate", type=click.IntRange(min=0), default=None,
+              envvar="PGJOBS_QUEUE_RATE", show_envvar=True,
+              help="Most jobs started per --per seconds across all workers (0: no limit).")
+@click.option("--per", "per", type=click.FloatRange(min=0.001), default=None,
+              envvar="PGJOBS_QUEUE_PER", show_envvar=True,
+              help="The window of --rate, in seconds (a sliding window).")
+@click.pass_obj
+def queue_limit(obj: Target, name: str, concurrency: int | None, rate: int | None,
+                per: float | None) -> None:
+    """Set or remove queue NAME's concurrency and rate limits; options left out keep their
+    current value."""
+    if concurrency is None and rate is None:
+        raise click.UsageError("give --concurrency N and/or --rate N --per SECONDS")
+    if rate and per is None:
+        raise click.UsageError("--rate N needs --per SECONDS (for example --rate 100 --per 60)")
+    if per is not None and rate is None:
+        raise click.UsageError("--per only applies with --rate")
+    queries = Queries(obj.schema)
+    params = {
+        "name": _queue_name(name),
+        "concurrency_limit": concurrency or None, "set_concurrency": concurrency is not None,
+        "rate_limit": rate or None, "set_rate": rate is not None,
+        "rate_period": timedelta(seconds=per) if rate and per else None,
+        "channel": Config(schema=obj.schema).channel,
+    }
+    with _connect(obj) as conn, translated_errors(obj.schema):
+        row = conn.execute(queries.queue_set_limits, params).fetchone()
+    assert row is not None
+    _, limit, rate_limit, period = row[:4]
+    click.echo(
+        f"queue {name!r}: concurrency {'unlimited' if limit is None else limit}, rate "
+        f"{'unlimited' if rate_limit is None else f'{rate_limit} per {_seconds(period)}'}"
+    )
+
+
+# -- pgjobs periodic -----------------------------------------------------------------------
+
+
+@click.group()
+def periodic() -> None:
+    """Periodic (cron) schedules: declared in code with @app.periodic, enqueued by workers."""
+
+
+def next_tick(schedule: str, tz: str, after: datetime) -> datetime | None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        tick = croniter(schedule, after.astimezone(ZoneInfo(tz))).get_next(datetime)
+    except (CroniterError, ValueError, KeyError):
+        return None
+    return tick  # type: ignore[no-any-return]
+
+
+@periodic.command("list")
+@click.pass_obj
+def periodic_list(obj: Target) -> None:
+    """Each schedule with its last tick, its next tick and whether it is enabled (a
+    schedule removed from the code is disabled, not deleted)."""
+    queries = Queries(obj.schema)
+    with _connect(obj) as conn, translated_errors(obj.schema):
+        rows = conn.execute(queries.periodic_list).fetchall()
+    table = []
+    for (name, task, queue_name, schedule, tz, catch_up, window, enabled, last_tick,
+         last_job_id, now) in rows:
+        upcoming = next_tick(schedule, tz, last_tick or now) if enabled else None
+        nxt = _when(upcoming)
+        if upcoming is not None and upcoming <= now:
+            nxt += " (due)"
+        policy = catch_up if window is None else f"{catch_up} ({_seconds(window)})"
+        table.append([name, task, queue_name, schedule, tz, policy,
+                      "yes" if enabled else "no", _when(last_tick), nxt,
+                      "-" if last_job_id is None else str(last_job_id)])
+    _table(["NAME", "TASK", "QUEUE", "SCHEDULE", "TZ", "CATCH-UP", "ENABLED", "LAST TICK",
+            "NEXT TICK", "LAST JOB"], table)

@@ -1,0 +1,110 @@
+"""The built wheel works on its own: migrations inside it, the `pgjobs` command installed,
+run from a folder outside the checkout in a virtualenv of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs import _migrate
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def isolated_env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that could make the checkout importable."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PGJOBS_", "PYTHON", "VIRTUAL_ENV"))}
+    return {**env, **extra}
+
+
+def build_wheel(outdir: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(REPO)],
+        check=True, capture_output=True, text=True, cwd=outdir,
+    )
+    (built,) = outdir.glob("pgjobs-*.whl")
+    return built
+
+
+def make_venv(root: Path, wheel: Path) -> Path:
+    """A new virtualenv at ``root`` with only the wheel (and its dependencies) installed.
+    The test's own pip installs into it, which saves the seconds that bootstrapping pip
+    into the new environment would take."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(root)], check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install",
+         "--quiet", "--no-compile", "--disable-pip-version-check", str(wheel)],
+        capture_output=True, text=True, check=False, env=isolated_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def check_wheel_contents(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = archive.read(f"pgjobs-{pgjobs.__version__}.dist-info/entry_points.txt")
+    assert "pgjobs/_migrations/env.py" in names
+    assert "pgjobs/_migrations/versions/0001_initial.py" in names
+    for revision in (REPO / "migrations" / "versions").glob("*.py"):
+        assert f"pgjobs/_migrations/versions/{revision.name}" in names
+    assert "pgjobs/py.typed" in names
+    assert "pgjobs/__init__.py" in names and "pgjobs/_cli.py" in names
+    assert not any(name.startswith(("tests/", "migrations/")) for name in names)
+    assert "pgjobs = pgjobs._cli:main" in entry_points.decode()
+    assert wheel.name == f"pgjobs-{pgjobs.__version__}-py3-none-any.whl"
+
+
+def run_installed(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True,
+                          text=True, check=False, cwd=cwd, env=isolated_env())
+
+
+def test_the_wheel_installs_and_migrates_outside_the_checkout(
+    tmp_path_factory: pytest.TempPathFactory, databases: Any
+) -> None:
+    """One test, not several sharing a fixture: pytest-xdist may run a module's tests on
+    different workers, and each would then build and install the wheel again."""
+    wheel = build_wheel(tmp_path_factory.mktemp("dist"))
+    check_wheel_contents(wheel)
+    venv = make_venv(tmp_path_factory.mktemp("venv"), wheel)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    assert REPO not in venv.parents and REPO not in elsewhere.parents
+
+    # The installed package runs from its own files, migrations included.
+    done = run_installed(venv, "python", "-c", (
+        "import pgjobs, pgjobs._migrate as m; print(pgjobs.__file__); print(m.script_location())"
+    ), cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    module_file, migrations = map(Path, done.stdout.splitlines())
+    assert module_file.is_relative_to(venv / "lib")
+    assert migrations.is_relative_to(venv / "lib") and migrations.name == "_migrations"
+
+    # `pgjobs migrate` of the installed command against a fresh database.
+    dsn: str = databases.create(migrated=False)
+    done = run_installed(venv, "pgjobs", "--dsn", dsn, "migrate", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert f"is at revision {_migrate.head_revision()}" in done.stdout
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass('pgjobs.jobs') IS NOT NULL").fetchone()
+        assert row == (True,)
+        version = conn.execute("SELECT version_num FROM pgjobs.alembic_version").fetchall()
+    assert version == [(_migrate.head_revision(),)]
+
+    # And the SQL for a DBA, without a database.
+    done = run_installed(venv, "pgjobs", "migrate", "--sql", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "CREATE TABLE jobs" in done.stdout
+    assert done.stdout.rstrip().endswith("COMMIT;")
