@@ -133,7 +133,9 @@ def markdown(report: dict[str, Any]) -> str:
         cells += [f"{per_system[s]:,.1f}" if s in per_system else "-" for s in systems]
         for peer in peers:
             ours, theirs = per_system.get("pgjobs"), per_system.get(peer)
-            cells.append(f"{ours / theirs:.2f}" if ours and theirs else "-")
+            paired = report["paired"].get(name, {}).get(peer)
+            cells.append(f"{ours / theirs:.2f} ({paired:.2f})" if ours and theirs and paired
+                         else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -194,6 +196,11 @@ def main() -> None:
             shutil.rmtree(server.datadir.parent, ignore_errors=True)
     medians = {name: {s: statistics.median(v) for s, v in per.items()}
                for name, per in runs.items()}
+    # pgjobs / peer per round, then the median: steadier when load drifts between rounds
+    paired = {name: {s: statistics.median(a / b for a, b in zip(
+                         per["pgjobs"], v, strict=False) if b)
+                     for s, v in per.items() if s != "pgjobs" and "pgjobs" in per and any(v)}
+              for name, per in runs.items()}
     report = {
         "systems": systems,
         "versions": {s: version_of(s) for s in systems},
@@ -202,6 +209,7 @@ def main() -> None:
                     "python": platform.python_version()},
         "args": vars(args),
         "medians": medians,
+        "paired": paired,
         "runs": runs,
         "errors": errors,
     }
@@ -211,7 +219,9 @@ def main() -> None:
     header = (f"PostgreSQL {settings['server_version']} (synchronous_commit="
               f"{settings['synchronous_commit']}, fsync={settings['fsync']}), "
               f"{os.cpu_count()} CPUs, medians of {args.rounds} rounds; versions: "
-              + ", ".join(f"{s} {v}" for s, v in report["versions"].items()) + "\n\n")
+              + ", ".join(f"{s} {v}" for s, v in report["versions"].items())
+              + ". Ratios: of the medians (in brackets: the median of each round's own "
+              "ratio).\n\n")
     out.with_suffix(".md").write_text(header + table)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(header + table)

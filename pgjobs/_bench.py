@@ -433,10 +433,15 @@ class Bench:
                 higher_is_better: bool = True) -> None:
             if pgjobs not in med or baseline not in med:
                 return
+            pairs = [a / b for a, b in zip(self.runs[pgjobs], self.runs[baseline], strict=False)
+                     if b]
             rows.append({
                 "name": name, "label": label, "unit": unit, "higher_is_better": higher_is_better,
                 "pgjobs": med[pgjobs], "baseline": med[baseline], "baseline_name": baseline,
                 "ratio": med[pgjobs] / med[baseline] if med[baseline] else None,
+                # the median of each round's own ratio: steadier when the machine's load
+                # drifts between rounds (both sides of a round share its conditions)
+                "ratio_paired": statistics.median(pairs) if pairs else None,
                 "pgjobs_runs": self.runs[pgjobs], "baseline_runs": self.runs[baseline],
             })
 
@@ -483,11 +488,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"fsync={s['fsync']} full_page_writes={s['full_page_writes']}; "
         f"{report['machine']['cpus']} CPUs; medians of {report['config']['rounds']} round(s)",
         "",
-        f"{'scenario':<62} {'pgjobs':>11} {'minimal SQL':>12} {'ratio':>7}",
+        f"{'scenario':<62} {'pgjobs':>11} {'minimal SQL':>12} {'ratio':>7} {'paired':>7}",
     ]
     for row in report["results"]:
         lines.append(f"{row['label']:<62} {row['pgjobs']:>11,.1f} {row['baseline']:>12,.1f} "
-                     f"{row['ratio']:>7.2f}  {row['unit']}")
+                     f"{row['ratio']:>7.2f} {row['ratio_paired']:>7.2f}  {row['unit']}")
+    lines.append("ratio: of the medians; paired: the median of each round's own ratio")
     return "\n".join(lines)
 
 

@@ -35,7 +35,8 @@ def test_bench_reports_every_scenario_as_json_and_cleans_up(fresh_dsn: str) -> N
             "drain_minimal_claims_of_10", "latency_p50", "latency_p99"} <= names
     assert {f"drain_{kind}_p1" for kind in ("sync", "async", "sync_tx", "async_tx")} <= names
     for row in report["results"]:
-        assert {"label", "unit", "pgjobs", "baseline", "ratio", "pgjobs_runs"} <= set(row)
+        assert {"label", "unit", "pgjobs", "baseline", "ratio", "ratio_paired",
+                "pgjobs_runs"} <= set(row)
         if row["unit"] == "jobs/s":  # (a latency sample may be below zero: see _bench)
             assert row["pgjobs"] > 0 and row["baseline"] > 0
     assert "[round 1/1]" in done.stderr  # progress while it runs
