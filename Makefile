@@ -8,7 +8,7 @@ PG15   := /usr/lib/postgresql/15/bin
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-pg15 lint demo chaos clean
+.PHONY: help install test test-pg15 lint demo chaos bench peers clean
 
 help: ## Show this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ demo: install ## Start the embedded PostgreSQL, migrate, and run the demo
 
 chaos: install ## The fault-injection suite at full size
 	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos $(PYTEST_ARGS)
+
+bench: install ## pgjobs bench against minimal SQL on a throwaway durable server
+	$(BIN)/pgjobs bench --embedded $(BENCH_ARGS)
+
+peers: install ## pgjobs, pgqueuer and procrastinate side by side (benchmarks/peers.py)
+	$(BIN)/python benchmarks/peers.py $(BENCH_ARGS)
 
 clean: ## Stop the local server and remove build output (keeps .venv)
 	-$(BIN)/pgjobs dev stop

@@ -25,11 +25,11 @@ from ._enqueue import (
     ArgsEncoder,
     Enqueued,
     JobOptions,
-    Rows,
     SpecialRows,
     check_schema,
     check_task_name,
     job_params,
+    many_rows,
     translated_errors,
 )
 from ._errors import (
@@ -436,6 +436,13 @@ class Task(Generic[P, R]):
     def _limits(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
 
+    def _limit_values(self) -> Mapping[str, Any]:
+        """The per-key limit columns shared by every job of this task (key aside)."""
+        if self.limit is None:
+            return NO_KEY_LIMIT
+        return {"concurrency_key": None, "concurrency_limit": self.limit.concurrency_limit,
+                "rate_limit": self.limit.rate_limit, "rate_period": self.limit.rate_period}
+
     def enqueue_many(
         self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
@@ -482,11 +489,10 @@ class Task(Generic[P, R]):
             params = job_params(self.name, opts, encode(rows[0]), channel,
                                 self._limits(rows[0]))
             return Statement(self, app.queries.job_insert, params, 1, _ids)
-        batch = Rows()
-        for kwargs in rows:
-            batch.add(self.name, opts, encode(kwargs), self._limits(kwargs))
-        return Statement(self, app.queries.job_insert_many, batch.params(channel), len(rows),
-                         _ids)
+        keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
+        params = job_params(self.name, opts, "", channel, self._limit_values())
+        params["rows"] = many_rows([encode(kw) for kw in rows], keys)
+        return Statement(self, app.queries.job_insert_many, params, len(rows), _ids)
 
 
 def _ids(rows: list[tuple[Any, ...]]) -> list[Enqueued]:

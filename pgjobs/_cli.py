@@ -9,9 +9,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import psycopg
@@ -23,6 +24,8 @@ from ._devserver import LocalServer
 from ._enqueue import check_schema
 from ._errors import ConfigurationError, MissingDatabaseURL, PgJobsError
 from ._worker import Worker, WorkerConfig
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 @dataclass
@@ -151,6 +154,10 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.option("--listen/--no-listen", default=True, show_default=True,
               envvar="PGJOBS_LISTEN", show_envvar=True,
               help="LISTEN for new jobs (turn off behind a transaction-mode PgBouncer).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=100, show_default=True,
+              envvar="PGJOBS_PREFETCH", show_envvar=True,
+              help="Most jobs claimed ahead of free slots while jobs are shorter than a "
+                   "claim round trip (0: claim for free slots only).")
 @click.option("--burst", is_flag=True, envvar="PGJOBS_BURST", show_envvar=True,
               help="Exit once no due job is left.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
@@ -166,8 +173,8 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int,
-           reclaim_interval: float | None, listen: bool, burst: bool, log_level: str,
-           processes: int | None, start_timeout: float) -> None:
+           reclaim_interval: float | None, listen: bool, prefetch: int, burst: bool,
+           log_level: str, processes: int | None, start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
@@ -200,7 +207,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
             "--app", app_spec, "--concurrency", str(concurrency), "--lease", str(lease),
             "--shutdown-timeout", str(shutdown_timeout), "--poll-interval", str(poll_interval),
             "--recovery-budget", str(recovery_budget), "--log-level", log_level,
-            "--listen" if listen else "--no-listen",
+            "--prefetch", str(prefetch), "--listen" if listen else "--no-listen",
             *(["--queues", queues] if queues else []), *(["--burst"] if burst else []),
             *(["--reclaim-interval", str(reclaim_interval)] if reclaim_interval else []),
         ]
@@ -217,6 +224,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
         queues=_queues(queues), concurrency=concurrency, lease=lease,
         shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
         recovery_budget=recovery_budget, reclaim_interval=reclaim_interval, listen=listen,
+        prefetch=prefetch,
     )
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.
@@ -238,6 +246,97 @@ async def _run_worker(w: Worker) -> None:
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGTSTP, w.quiet)
     await w.run()
+
+
+# -- pgjobs bench ------------------------------------------------------------------------
+
+
+def _bench_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
+    envvar = "PGJOBS_BENCH_" + name.lstrip("-").replace("-", "_").upper()
+    return click.option(name, *decls, envvar=envvar, show_envvar=True, show_default=True,
+                        **kwargs)
+
+
+@cli.command()
+@_bench_option("--rounds", type=click.IntRange(min=1), default=3, help="Rounds (medians).")
+@_bench_option("--scenarios", default="enqueue_single,enqueue_bulk,drain,latency",
+               help="Comma-separated: enqueue_single, enqueue_bulk, drain, latency.")
+@_bench_option("--single", type=click.IntRange(min=1), default=2000,
+               help="Jobs per single-enqueue measurement.")
+@_bench_option("--enqueuers", type=click.IntRange(min=1), default=1,
+               help="Concurrent single-job enqueuers (one connection each).")
+@_bench_option("--bulk", type=click.IntRange(min=1), default=50_000,
+               help="Jobs per bulk-enqueue measurement.")
+@_bench_option("--bulk-batch", type=click.IntRange(min=1), default=10_000,
+               help="Rows per enqueue_many call (and per COPY).")
+@_bench_option("--drain", type=click.IntRange(min=1), default=20_000,
+               help="Pre-filled jobs per drain measurement.")
+@_bench_option("--processes", type=click.IntRange(min=1), default=2,
+               help="Worker processes of the multi-process drain.")
+@_bench_option("--concurrency", type=click.IntRange(min=1), default=10,
+               help="Worker concurrency in drain and latency.")
+@_bench_option("--drain-kinds", default="sync,async,sync_tx,async_tx",
+               help="Handlers to drain: sync, async, sync_tx, async_tx (_tx: the handler "
+                    "completes its job with current_job().complete(conn)).")
+@_bench_option("--latency-rate", type=click.FloatRange(min=1), default=50.0,
+               help="Jobs per second in the latency scenario.")
+@_bench_option("--latency-seconds", type=click.FloatRange(min=0.1), default=5.0,
+               help="Seconds of enqueueing in the latency scenario.")
+@_bench_option("--json", "json_path", metavar="PATH",
+               help="Also write the results as JSON to PATH ('-': JSON on stdout, no table).")
+@_bench_option("--embedded", is_flag=True,
+               help="Start a throwaway local PostgreSQL (default durability) instead of --dsn.")
+@click.pass_obj
+def bench(obj: Context, rounds: int, scenarios: str, single: int, enqueuers: int, bulk: int,
+          bulk_batch: int, drain: int, processes: int, concurrency: int, drain_kinds: str,
+          latency_rate: float, latency_seconds: float, json_path: str | None,
+          embedded: bool) -> None:
+    """Measure enqueue, drain and latency against minimal hand-written SQL, side by side.
+
+    Creates a scratch schema (its own tables and NOTIFY channel: your queues and workers
+    never see its jobs) and drops it afterwards. Progress goes to stderr.
+    """
+    from . import _bench
+
+    config = _bench.BenchConfig(
+        scenarios=_choices(scenarios, _bench.SCENARIOS, "--scenarios"),
+        drain_kinds=_choices(drain_kinds, _bench.DRAIN_KINDS, "--drain-kinds"),
+        rounds=rounds, single=single, enqueuers=enqueuers, bulk=bulk, bulk_batch=bulk_batch,
+        drain=drain, processes=processes, concurrency=concurrency,
+        latency_rate=latency_rate, latency_seconds=latency_seconds)
+    server = None
+    if embedded:
+        import tempfile
+
+        server = LocalServer(Path(tempfile.mkdtemp(prefix="pgjobs-bench-")) / "data")
+        click.echo("starting a throwaway PostgreSQL ...", err=True)
+        dsn = server.start()
+    elif obj.dsn_option:
+        dsn = obj.dsn_option
+    else:
+        raise click.ClickException(f"{MissingDatabaseURL()}; or pass --embedded")
+    try:
+        report = _bench.run_bench(dsn, config)
+    finally:
+        if server is not None:
+            server.destroy()
+            import shutil
+
+            shutil.rmtree(server.datadir.parent, ignore_errors=True)
+    if json_path == "-":
+        click.echo(_bench.dumps(report))
+        return
+    click.echo(_bench.format_table(report))
+    if json_path:
+        Path(json_path).write_text(_bench.dumps(report) + "\n")
+
+
+def _choices(value: str, known: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
+        raise click.BadParameter(f"choose from {', '.join(known)}", param_hint=flag)
+    return chosen
 
 
 # -- pgjobs dev --------------------------------------------------------------------------

@@ -7,13 +7,12 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
 from . import _failpoints
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
-from ._executor import Outcome, Row, default_backoff, failure, outcome_row
+from ._executor import Outcome, Row, default_backoff, failure, outcome_row, outcomes_param
 from ._job import JobContext
 from ._queries import Queries
 
@@ -136,14 +135,5 @@ class OutcomeRefused(Exception):
     """The database refused to store a job's outcome (recorded as that job's failure)."""
 
 
-def _params(writes: list[tuple[Pending, Row]]) -> dict[str, list[Any]]:
-    return {
-        "ids": [p.ctx.id for p, _ in writes],
-        "tokens": [p.ctx.job.lease_token for p, _ in writes],
-        "states": [r[0] for _, r in writes],
-        "delays": [r[1] for _, r in writes],
-        "refunds": [r[2] for _, r in writes],
-        "errors": [r[3] for _, r in writes],
-        "results": [r[4] for _, r in writes],
-        "metas": [r[5] for _, r in writes],
-    }
+def _params(writes: list[tuple[Pending, Row]]) -> dict[str, str]:
+    return outcomes_param([(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes])

@@ -290,7 +290,7 @@ def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Column arrays for ``job_insert_many``, in input order."""
+    """Column arrays for ``job_insert_special``, in input order."""
 
     queue: list[str] = field(default_factory=list)
     task: list[str] = field(default_factory=list)
@@ -323,6 +323,15 @@ class Rows:
 
 
 ROW_COLUMNS = tuple(f.name for f in fields(Rows))
+
+
+def many_rows(documents: list[str], keys: list[str | None] | None) -> str:
+    """``job_insert_many``'s rows: one JSON array of [args, concurrency key] pairs, the
+    args already encoded (they are spliced in, not encoded twice)."""
+    if keys is None:
+        return "[" + ",".join(f"[{doc},null]" for doc in documents) + "]"
+    return "[" + ",".join(
+        f"[{doc},{json.dumps(key)}]" for doc, key in zip(documents, keys, strict=True)) + "]"
 
 
 def unique_key(task: str, opts: JobOptions, kwargs: Mapping[str, Any]) -> str | None:

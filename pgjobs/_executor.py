@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._errors import InvalidArgs, LeaseLost, UnknownTask
@@ -127,16 +126,15 @@ def encode_result(value: Any) -> str | None:
     return text
 
 
-# (state, delay, attempt refund, error, result, meta) or None for "write nothing".
-Row = tuple[str, timedelta, int, str | None, str | None, str | None]
+# (state, delay seconds, attempt refund, error, result JSON text, meta) or None for
+# "write nothing".
+Row = tuple[str, float, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
 
 
 def outcome_row(outcome: Outcome) -> Row | None:
     """The one mapping from an outcome to the values ``job_complete_many`` writes."""
     kind = outcome.kind
-    error = None if outcome.error is None else json.dumps(outcome.error, ensure_ascii=False)
-    meta = None if outcome.meta is None else json.dumps(outcome.meta, ensure_ascii=False)
-    delay = timedelta(seconds=outcome.delay)
+    error, meta, delay = outcome.error, outcome.meta, outcome.delay
     if kind == SUCCEEDED:
         return ("succeeded", delay, 0, None, outcome.result, None)
     if kind == RETRY:
@@ -152,6 +150,15 @@ def outcome_row(outcome: Outcome) -> Row | None:
     if kind == LEASE_LOST:
         return None
     raise AssertionError(f"unknown outcome {kind!r}")
+
+
+def outcomes_param(writes: list[tuple[int, Any, Row]]) -> dict[str, str]:
+    """``job_complete_many``'s parameter for (job id, lease token, row) triples."""
+    document = [[job_id, str(token), *row] for job_id, token, row in writes]
+    # ensure_ascii: a lone surrogate or NUL becomes a JSON escape that the database
+    # refuses (a psycopg.Error, which the completer handles row by row), never an encoding
+    # error in the driver.
+    return {"outcomes": json.dumps(document, separators=(",", ":"))}
 
 
 class Executor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -91,14 +90,33 @@ def row_dict(cursor: Any, row: tuple[Any, ...]) -> dict[str, Any]:
     return {column.name: value for column, value in zip(cursor.description, row, strict=True)}
 
 
+class Flag:
+    """A one-way flag: set by the worker's event loop, read by handler threads.
+
+    Only ``set`` and ``is_set`` are needed (nothing waits on it), and a bool is read and
+    written atomically, so this replaces two ``threading.Event`` per job, whose Condition
+    and Lock were a tenth of the worker's CPU per no-op job in a drain profile."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @dataclass(eq=False)
 class JobContext:
     """The running job, from ``pgjobs.current_job()`` inside a handler."""
 
     job: ClaimedJob
     queries: Queries = field(repr=False)
-    lease_lost_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    lease_lost_event: Flag = field(default_factory=Flag, repr=False)
+    stop_event: Flag = field(default_factory=Flag, repr=False)
     completed: bool = False
     """True once ``complete(conn)`` succeeded (it commits with the caller's transaction)."""
     shutting_down: bool = False

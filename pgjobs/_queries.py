@@ -13,52 +13,48 @@ from psycopg import sql
 
 # -- enqueue --------------------------------------------------------------------------
 
-# One job, one round trip: the insert and its wake-up share a statement. run_in is added
-# to the *database* clock (promise: database clock only). pg_notify is transactional: a
+# One job, one round trip: the insert and its wake-up share a statement (pg_notify in
+# RETURNING runs once, for the one row; no CTE to materialise). run_in is added to the
+# *database* clock (promise: database clock only). pg_notify is transactional: a
 # rolled-back enqueue notifies nobody, and a worker woken at commit finds the row visible.
 job_insert = """
-WITH job AS (
-    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
-                               concurrency_key, concurrency_limit, rate_limit, rate_period)
-    SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
-           -- expires_in counts from the job's run_at, as in Sidekiq
-           coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
-           %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s,
-           %(rate_period)s::interval
-    FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
-    RETURNING id
-)
-SELECT job.id, pg_notify(%(channel)s, %(queue)s) FROM job
+INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
+                           concurrency_key, concurrency_limit, rate_limit, rate_period)
+SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
+       -- expires_in counts from the job's run_at, as in Sidekiq
+       coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
+       %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval
+FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
+RETURNING id, pg_notify(%(channel)s, %(queue)s)
 """
 
-# Many jobs in one statement. Arrays travel as parameters (no per-row SQL), identities are
-# drawn in ordinality order, and one notification goes out per distinct queue.
+# Many jobs of one task (one queue, one set of options) in one statement: the options are
+# scalars, and each job travels as [args, concurrency key] in one JSON array, a single
+# text parameter (an array parameter is encoded element by element by the driver, in
+# Python, which profiled at twice the cost of validating the rows). Identities are drawn
+# in input order, and one notification goes out.
 job_insert_many = """
-WITH rows AS (
-    SELECT * FROM unnest(
-        %(queue)s::text[], %(task)s::text[], %(args)s::jsonb[], %(priority)s::smallint[],
-        %(max_attempts)s::integer[], %(run_at)s::timestamptz[], %(run_in)s::interval[],
-        %(expires_at)s::timestamptz[], %(expires_in)s::interval[],
-        %(concurrency_key)s::text[], %(concurrency_limit)s::integer[],
-        %(rate_limit)s::integer[], %(rate_period)s::interval[]
-    ) WITH ORDINALITY AS r(queue, task, args, priority, max_attempts, run_at, run_in,
-                           expires_at, expires_in, concurrency_key, concurrency_limit,
-                           rate_limit, rate_period, ord)
-),
-timed AS (
-    SELECT rows.*, coalesce(rows.run_at, now() + rows.run_in) AS due FROM rows
+WITH timed AS (
+    SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS due
 ),
 jobs AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
                                concurrency_key, concurrency_limit, rate_limit, rate_period)
-    SELECT queue, task, args, priority, max_attempts, due,
-           coalesce(expires_at, due + expires_in),
-           concurrency_key, concurrency_limit, rate_limit, rate_period
-    FROM timed ORDER BY ord
-    RETURNING id, queue
+    SELECT %(queue)s, %(task)s, r.job->0, %(priority)s, %(max_attempts)s, timed.due,
+           coalesce(%(expires_at)s::timestamptz, timed.due + %(expires_in)s::interval),
+           -- a row without a key has no per-key limit at all
+           r.job->>1, limits.concurrency_limit, limits.rate_limit, limits.rate_period
+    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(job, ord)
+    CROSS JOIN timed
+    LEFT JOIN (SELECT %(concurrency_limit)s::integer AS concurrency_limit,
+                      %(rate_limit)s::integer AS rate_limit,
+                      %(rate_period)s::interval AS rate_period) limits
+        ON r.job->>1 IS NOT NULL
+    ORDER BY r.ord
+    RETURNING id
 ),
 notified AS (
-    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM jobs) q
+    SELECT pg_notify(%(channel)s, %(queue)s)
 )
 SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 """
@@ -194,6 +190,11 @@ FROM {schema}.batches WHERE id = %(id)s
 #   jobs_running_idx). Jobs reclaimed together sit side by side in claim order, so
 #   without this a poison job would be claimed again with the same innocent jobs, crash
 #   after crash, and take them past the recovery budget with it.
+# - synchronous_commit off for this transaction only (set_config(..., true) is SET LOCAL,
+#   so it holds under any pooler): the claim returns without waiting for its WAL flush.
+#   A claim lost in a server crash only makes the job claimable again (at-least-once), and
+#   any durable write that follows it - a completion, the handler's own transaction -
+#   flushes the WAL up to and past it first. See docs/benchmarks.md, "Asynchronous claims".
 job_claim = """
 WITH settings AS MATERIALIZED (
     SELECT q.name
@@ -237,7 +238,7 @@ SET state = 'running',
     lease_expires_at = clock_timestamp() + %(lease)s::interval,
     worker_id = %(worker_id)s,
     started_at = clock_timestamp()
-FROM chosen
+FROM chosen, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token, job.recoveries, job.batch_id, job.meta
@@ -472,12 +473,16 @@ SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable
 # an attempt that lost its lease (reclaimed, or already completed in the handler's own
 # transaction) matches nothing, and a terminal state can never be overwritten because
 # terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
+# The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
+# result text, meta] rows (see _executor.outcomes_param): one text parameter is far
+# cheaper for the worker to send than eight arrays dumped element by element.
 job_complete_many = """
 WITH o AS (
-    SELECT * FROM unnest(
-        %(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(delays)s::interval[],
-        %(refunds)s::integer[], %(errors)s::jsonb[], %(results)s::jsonb[], %(metas)s::jsonb[]
-    ) AS o(id, token, state, delay, refund, error, result, meta)
+    SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
+           make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
+           nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
+           nullif(e->7, 'null') AS meta
+    FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
 )
 UPDATE {schema}.jobs AS job
 SET state = o.state,

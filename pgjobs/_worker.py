@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,10 @@ class WorkerConfig:
     (PgBouncer) that cannot hold a LISTEN session; polling alone then finds jobs."""
     reclaim_interval: float | None = None
     """Seconds between reclaim runs. None: lease / 2, at most 10."""
+    prefetch: int = 100
+    """Most jobs claimed ahead of free slots, leased and held until a slot frees. Used only
+    while jobs finish faster than a claim round trip (see ``ClaimAhead``), so long jobs are
+    never held back from other workers. 0: claim only for free slots."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
@@ -86,7 +90,7 @@ class WorkerConfig:
                 raise InvalidOption("queues must name at least one queue")
             for queue in self.queues:
                 check_queue(queue)
-        for name in ("concurrency", "recovery_budget"):
+        for name in ("concurrency", "recovery_budget", "prefetch"):
             value = getattr(self, name)
             if type(value) is not int or value < (1 if name == "concurrency" else 0):
                 least = 1 if name == "concurrency" else 0
@@ -117,6 +121,8 @@ class Worker:
             t.limit is not None and t.opts.queue in self.queue_set for t in app.tasks.values()))
         # Keyed by lease token: a job this worker lost and claimed again is two attempts.
         self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
+        self.ready: deque[JobContext] = deque()  # claimed ahead, waiting for a free slot
+        self.ahead = ClaimAhead(config.concurrency, config.prefetch)
         self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.worker_id: int | None = None
@@ -266,26 +272,28 @@ class Worker:
         wake = self._wake
         assert wake is not None
         while not self.stopping:
-            free = self.config.concurrency - len(self.running)
-            if self.quieted or free <= 0:
+            self._fill_slots()
+            depth = self.ahead.depth()
+            want = self.config.concurrency + depth - len(self.running) - len(self.ready)
+            # Claim when a slot is free and nothing is held, or when the held jobs run low:
+            # one claim of many rather than a round trip per finished job.
+            if self.quieted or want <= 0 or len(self.ready) > depth // 2:
                 wake.clear()
                 await self._idle(None if self.quieted else self.config.poll_interval)
                 continue
             wake.clear()  # before claiming: a notification during the claim re-runs it
-            jobs = await self._claim(free)
+            jobs = await self._claim(want)
             if jobs is None:
                 continue
-            for job in jobs:
-                self._start(job)
+            self._accept(jobs)
             if jobs:
-                continue  # more may be due: a claim can stop short of `free` (key limits)
-            if self.config.burst and not jobs and not self.running:
+                continue  # more may be due: a claim can stop short of `want` (key limits)
+            if self.config.burst and not self.running and not self.ready:
                 await self.completer.drain()  # retries written as due may be claimable
-                jobs = await self._claim(free)
+                jobs = await self._claim(want)
                 if not jobs:
                     return
-                for job in jobs:
-                    self._start(job)
+                self._accept(jobs)
                 continue
             await self._idle(self.config.poll_interval)
 
@@ -318,6 +326,7 @@ class Worker:
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })
             rows = await cursor.fetchall()
+            self.ahead.claimed(time.monotonic() - sent)
         except TRANSIENT as exc:
             await self.claim_db.backoff(exc)
             return None
@@ -334,16 +343,31 @@ class Worker:
             return []
         return jobs
 
-    def _start(self, job: ClaimedJob) -> None:
+    def _accept(self, jobs: list[ClaimedJob]) -> None:
+        """Lease (heartbeat) every claimed job at once; start as many as slots allow."""
+        claimed = {job.id for job in jobs}
         for stale, _ in list(self.running.values()):
-            if stale.id == job.id:  # our earlier attempt lost its lease and was reclaimed
+            if stale.id in claimed:  # our earlier attempt lost its lease and was reclaimed
                 self._lease_lost(stale)
-        ctx = JobContext(job, self.queries)
-        if self.stopping:
-            ctx.shutting_down = True
-        self.leases[job.lease_token] = ctx
-        task = asyncio.create_task(self._run_job(ctx))
-        self.running[job.lease_token] = (ctx, task)
+        for stale in self.ready:
+            if stale.id in claimed:
+                self._lease_lost(stale)
+        for job in jobs:
+            ctx = JobContext(job, self.queries)
+            if self.stopping:
+                ctx.shutting_down = True
+            self.leases[job.lease_token] = ctx
+            self.ready.append(ctx)
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        while self.ready and len(self.running) < self.config.concurrency:
+            ctx = self.ready.popleft()
+            if ctx.lease_lost:  # reclaimed while it waited: another attempt owns it
+                self.leases.pop(ctx.job.lease_token, None)
+                continue
+            task = asyncio.create_task(self._run_job(ctx))
+            self.running[ctx.job.lease_token] = (ctx, task)
 
     async def _run_job(self, ctx: JobContext) -> None:
         started = time.perf_counter()
@@ -356,6 +380,7 @@ class Worker:
         self.running.pop(ctx.job.lease_token, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
+        self.ahead.ran(time.perf_counter() - started)
         log.info(
             "job id=%s task=%s queue=%s attempt=%s outcome=%s duration_ms=%s",
             ctx.id, ctx.task, ctx.queue, ctx.attempt, outcome.kind, elapsed_ms(started),
@@ -458,6 +483,11 @@ class Worker:
     async def _shutdown(self, background: list[asyncio.Task[Any]], dbs: list[Connector]) -> None:
         if not self.config.burst or self.running:
             await self._set_state("stopping")
+        while self.ready:  # claimed ahead, never started: available again, attempt refunded
+            ctx = self.ready.popleft()
+            if not ctx.lease_lost:
+                self.completer.submit(ctx, Outcome(RELEASED))
+                self.stats[RELEASED] += 1
         tasks = [task for _, task in self.running.values()]
         if tasks and self.shutdown_timeout > 0:
             log.info("waiting up to %ss for %d running job(s)", self.shutdown_timeout, len(tasks))
@@ -500,6 +530,35 @@ class Worker:
 
 def _lenient_json(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(lenient_json_loads, conn)
+
+
+class ClaimAhead:
+    """How many jobs to claim beyond the free slots.
+
+    A slot that frees while a claim is in flight stays idle for the rest of the round
+    trip. That matters only for jobs shorter than a claim: then the worker holds about as
+    many jobs as its slots finish during one claim (``concurrency * claim time / job
+    time``), capped at ``limit``. Jobs longer than a claim round trip get no claim-ahead,
+    so a slow job never waits in this worker while another worker is idle.
+    """
+
+    def __init__(self, concurrency: int, limit: int) -> None:
+        self.concurrency = concurrency
+        self.limit = limit
+        self.claim_seconds = 0.0  # moving averages; 0 until measured
+        self.job_seconds = 0.0
+
+    def claimed(self, seconds: float) -> None:
+        self.claim_seconds += (seconds - self.claim_seconds) * (0.2 if self.claim_seconds else 1)
+
+    def ran(self, seconds: float) -> None:
+        self.job_seconds += (seconds - self.job_seconds) * (0.05 if self.job_seconds else 1)
+
+    def depth(self) -> int:
+        if not self.limit or not self.claim_seconds or not self.job_seconds:
+            return 0
+        slots_freed = self.concurrency * self.claim_seconds / self.job_seconds
+        return min(self.limit, int(slots_freed))
 
 
 def _version() -> str:

@@ -224,11 +224,9 @@ def expire_and_reclaim(dsn: str, job_id: int) -> None:
 def complete_many(dsn: str, ctx: JobContext, outcome: _executor.Outcome) -> set[int]:
     row = _executor.outcome_row(outcome)
     assert row is not None
+    params = _executor.outcomes_param([(ctx.id, ctx.job.lease_token, row)])
     with psycopg.connect(dsn, autocommit=True) as c:
-        written = c.execute(app.queries.job_complete_many, {
-            "ids": [ctx.id], "tokens": [ctx.job.lease_token], "states": [row[0]],
-            "delays": [row[1]], "refunds": [row[2]], "errors": [row[3]],
-            "results": [row[4]], "metas": [row[5]]}).fetchall()
+        written = c.execute(app.queries.job_complete_many, params).fetchall()
     return {r[0] for r in written}
 
 

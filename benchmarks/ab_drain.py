@@ -1,0 +1,64 @@
+"""Compare two pgjobs source trees on the same drain, alternating, medians of N rounds.
+
+    git archive <commit> pgjobs migrations | tar -x -C /tmp/before
+    PGJOBS_DATABASE_URL=... .venv/bin/python benchmarks/ab_drain.py /tmp/before . \\
+        --rounds 5 --jobs 5000 --kind async
+
+Each round runs benchmarks/profile_drain.py once per tree (order alternating) and reads
+its jobs/s and worker CPU microseconds per job. CPU per job is the steadier figure on a
+shared machine: it does not depend on how long the server takes to answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LINE = re.compile(r"= ([\d,]+) jobs/s; worker CPU \d+% of one core, (\d+) us/job")
+
+
+def run(tree: str, args: argparse.Namespace) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    out = subprocess.run(
+        [sys.executable, str(HERE / "profile_drain.py"), "--jobs", str(args.jobs),
+         "--kind", args.kind, "--concurrency", str(args.concurrency)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    match = LINE.search(out)
+    if match is None:
+        raise RuntimeError(f"unexpected output from {tree}: {out}")
+    return float(match[1].replace(",", "")), float(match[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--kind", default="async")
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args()
+    results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    for r in range(args.rounds):
+        order = [("before", args.before), ("after", args.after)]
+        for name, tree in order if r % 2 == 0 else reversed(order):
+            rate, cpu = run(tree, args)
+            results[name].append((rate, cpu))
+            print(f"round {r + 1} {name:<6} {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job",
+                  file=sys.stderr)
+    for name, values in results.items():
+        rate = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        print(f"{name:<6} median {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job CPU "
+              f"({args.kind}, concurrency {args.concurrency}, {args.jobs} jobs)")
+
+
+if __name__ == "__main__":
+    main()
