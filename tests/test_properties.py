@@ -162,10 +162,8 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                                         error={"message": "e"}, meta={"m": 1})
             row = _executor.outcome_row(outcome)
             assert row is not None
-            written = self.conn.execute(queries.job_complete_many, {
-                "ids": [job_id], "tokens": [token], "states": [row[0]], "delays": [row[1]],
-                "refunds": [row[2]], "errors": [row[3]], "results": [row[4]],
-                "metas": [row[5]]}).fetchall()
+            params = _executor.outcomes_param([(job_id, token, row)])
+            written = self.conn.execute(queries.job_complete_many, params).fetchall()
             live = self.live(job_id, token)
             assert [int(r[0]) for r in written] == ([job_id] if live else [])
             if live:

@@ -52,10 +52,8 @@ def complete_many(conn: psycopg.Connection[Any], ctx: JobContext,
                   outcome: _executor.Outcome) -> set[int]:
     row = _executor.outcome_row(outcome)
     assert row is not None
-    written = conn.execute(app.queries.job_complete_many, {
-        "ids": [ctx.id], "tokens": [ctx.job.lease_token], "states": [row[0]],
-        "delays": [row[1]], "refunds": [row[2]], "errors": [row[3]], "results": [row[4]],
-        "metas": [row[5]]}).fetchall()
+    params = _executor.outcomes_param([(ctx.id, ctx.job.lease_token, row)])
+    written = conn.execute(app.queries.job_complete_many, params).fetchall()
     return {int(r[0]) for r in written}
 
 
