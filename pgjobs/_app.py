@@ -262,6 +262,9 @@ class App:
                     min_size=1,
                     max_size=self.config.pool_size,
                     kwargs={"prepare_threshold": 0 if self.config.prepare else None},
+                    # A pooled connection may have died while idle (server restarted,
+                    # backend terminated): test it on checkout, replace it if dead.
+                    check=ConnectionPool.check_connection,
                     name="pgjobs",
                     open=True,
                 )
@@ -279,6 +282,7 @@ class App:
                 min_size=1,
                 max_size=self.config.pool_size,
                 kwargs={"prepare_threshold": 0 if self.config.prepare else None},
+                check=AsyncConnectionPool.check_connection,
                 name="pgjobs-async",
                 open=False,
             )

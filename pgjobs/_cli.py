@@ -147,6 +147,10 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.option("--recovery-budget", type=click.IntRange(min=0), default=3, show_default=True,
               envvar="PGJOBS_RECOVERY_BUDGET", show_envvar=True,
               help="Recoveries after lost workers before a job is dead.")
+@click.option("--reclaim-interval", type=click.FloatRange(min=0.1), default=None,
+              envvar="PGJOBS_RECLAIM_INTERVAL", show_envvar=True,
+              help="Seconds between reclaims of jobs whose worker was lost. "
+                   "Default: half the lease, at most 10.")
 @click.option("--listen/--no-listen", default=True, show_default=True,
               envvar="PGJOBS_LISTEN", show_envvar=True,
               help="LISTEN for new jobs (turn off behind a transaction-mode PgBouncer).")
@@ -168,9 +172,9 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
                    "rolling restart before the restart is abandoned.")
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
-           shutdown_timeout: float, poll_interval: float, recovery_budget: int, listen: bool,
-           prefetch: int, burst: bool, log_level: str, processes: int | None,
-           start_timeout: float) -> None:
+           shutdown_timeout: float, poll_interval: float, recovery_budget: int,
+           reclaim_interval: float | None, listen: bool, prefetch: int, burst: bool,
+           log_level: str, processes: int | None, start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
@@ -205,6 +209,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
             "--recovery-budget", str(recovery_budget), "--log-level", log_level,
             "--prefetch", str(prefetch), "--listen" if listen else "--no-listen",
             *(["--queues", queues] if queues else []), *(["--burst"] if burst else []),
+            *(["--reclaim-interval", str(reclaim_interval)] if reclaim_interval else []),
         ]
         env = {k: v for k, v in os.environ.items()
                if k not in ("PGJOBS_PROCESSES", "PGJOBS_START_TIMEOUT")}
@@ -218,7 +223,8 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
     config = WorkerConfig(
         queues=_queues(queues), concurrency=concurrency, lease=lease,
         shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
-        recovery_budget=recovery_budget, listen=listen, prefetch=prefetch,
+        recovery_budget=recovery_budget, reclaim_interval=reclaim_interval, listen=listen,
+        prefetch=prefetch,
     )
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from . import _failpoints
 from ._db import RETRY_STATEMENT, TRANSIENT, Connector
 from ._executor import Outcome, Row, default_backoff, failure, outcome_row, outcomes_param
 from ._job import JobContext
@@ -82,6 +83,7 @@ class Completer:
         while True:
             try:
                 conn = await self.connector.get()
+                _failpoints.hit("before_complete_commit")
                 cursor = await conn.execute(self.queries.job_complete_many, _params(writes))
                 return {row[0] for row in await cursor.fetchall()}, retried
             except RETRY_STATEMENT as exc:  # (before TRANSIENT: they subclass it)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -22,10 +23,14 @@ RETRY_STATEMENT = (psycopg.errors.DeadlockDetected, psycopg.errors.Serialization
 class Connector:
     """Owns one autocommit connection for one role (claim, complete, heartbeat, listen)."""
 
-    def __init__(self, dsn: str, role: str, prepare: bool = True) -> None:
+    def __init__(
+        self, dsn: str, role: str, prepare: bool = True,
+        configure: Callable[[psycopg.AsyncConnection[Any]], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.role = role
         self.prepare = prepare
+        self.configure = configure
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.failures = 0
 
@@ -37,6 +42,8 @@ class Connector:
                 prepare_threshold=0 if self.prepare else None,
                 application_name=f"pgjobs-{self.role}",
             )
+            if self.configure is not None:
+                self.configure(self.conn)
             if self.failures:
                 log.info("reconnected %s connection after %d failure(s)", self.role, self.failures)
             self.failures = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,9 +33,6 @@ TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 PRIORITY_RANGE = range(-32768, 32768)  # smallint
 MAX_ATTEMPTS_LIMIT = 2**31 - 1  # integer
-# Python writes floats from 1e16 up in exponent form; jsonb keeps such a number as an exact
-# decimal and returns it without a fraction, so it would come back as an int.
-EXACT_FLOAT_LIMIT = 1e16
 
 
 def check_name(kind: str, value: object, pattern: re.Pattern[str], hint: str) -> str:
@@ -252,8 +248,20 @@ class ArgsEncoder:
                 )
 
 
-def _check_json_value(value: Any, path: str) -> None:
+MAX_FLOAT = 1e16
+MAX_ARGS_DEPTH = 100
+"""Deepest nesting of lists and objects in args. Deeper values would hit Python's
+recursion limit when encoded here or decoded by a worker (a RecursionError, not a typed
+error), and no real keyword arguments need them."""
+
+
+def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
     """Reject what JSON would silently change or PostgreSQL would refuse."""
+    if depth > MAX_ARGS_DEPTH:
+        raise InvalidArgs(
+            f"args are nested deeper than {MAX_ARGS_DEPTH} lists/objects (at {path[:200]}); "
+            "flatten them or store the data in your own table and pass its id"
+        )
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidArgs(f"{path} contains a NUL character, which jsonb cannot store")
@@ -261,23 +269,23 @@ def _check_json_value(value: Any, path: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgs(f"{path} is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, float):
+        if abs(value) >= MAX_FLOAT:  # also catches infinities; NaN fails in json.dumps
+            raise InvalidArgs(
+                f"{path} is the float {value!r}: jsonb keeps numbers as decimals and would "
+                "hand a float of 1e16 or more back as an int; pass an int or a string"
+            )
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidArgs(
                     f"{path} has a non-string key {key!r}; JSON objects only have string keys"
                 )
-            _check_json_value(key, f"{path} key")
-            _check_json_value(item, f"{path}[{key!r}]")
+            _check_json_value(key, f"{path} key", depth + 1)
+            _check_json_value(item, f"{path}[{key!r}]", depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json_value(item, f"{path}[{index}]")
-    elif isinstance(value, float) and math.isfinite(value) and abs(value) >= EXACT_FLOAT_LIMIT:
-        # (NaN and infinities are refused by json.dumps below.)
-        raise InvalidArgs(
-            f"{path} is the float {value!r}, which jsonb would return as an int; "
-            "pass an int (or a string) for numbers from 1e16 up"
-        )
+            _check_json_value(item, f"{path}[{index}]", depth + 1)
 
 
 @dataclass(frozen=True, slots=True)

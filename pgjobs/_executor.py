@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import LeaseLost, UnknownTask
-from ._job import Cancel, ClaimedJob, JobContext, Retry, Snooze, _current
+from ._errors import InvalidArgs, LeaseLost, UnknownTask
+from ._job import Cancel, ClaimedJob, JobContext, Retry, Snooze, Undecodable, _current
 
 if TYPE_CHECKING:
     from ._app import App, Task
@@ -103,6 +103,15 @@ def failure(job: ClaimedJob, exc: BaseException, backoff: Callable[[int], float]
     return Outcome(RETRY, delay=max(0.0, delay), error=entry)
 
 
+def check_args(job: ClaimedJob) -> None:
+    """Args the claim could not decode fail this job, with the reason."""
+    if isinstance(job.args, Undecodable):
+        raise InvalidArgs(
+            f"job {job.id}'s args could not be decoded ({job.args.error}); fix or delete "
+            "the row: pgjobs' enqueue refuses such args, so another producer wrote them"
+        )
+
+
 def encode_result(value: Any) -> str | None:
     """The JSON stored in ``result``; what JSON or jsonb cannot hold is kept as a repr."""
     if value is None:
@@ -162,7 +171,8 @@ class Executor:
     async def execute(self, job: ClaimedJob, ctx: JobContext) -> Outcome:
         try:
             task = self.resolve_task(job)
-        except UnknownTask as exc:
+            check_args(job)
+        except (UnknownTask, InvalidArgs) as exc:
             return failure(job, exc, default_backoff)
         backoff = task.retry_backoff or default_backoff
         try:

@@ -1,23 +1,37 @@
 """Named failpoints for fault-injection tests: ``PGJOBS_FAILPOINTS=name=action[,...]``.
 
 Actions: ``exit`` (the process dies at once, like SIGKILL: no cleanup, no flush),
-``raise`` (a RuntimeError at that point), ``sleep:SECONDS``. A failpoint may fire only
-once per process with ``name=action@once``. When the variable is unset, ``hit`` is one
-dict lookup on an empty dict.
+``raise`` (a RuntimeError at that point), ``sleep:SECONDS``. Suffixes choose the hit that
+fires: ``@once`` (the first hit in this process only) or ``@N`` (the N-th hit only).
+When the variable is unset, ``hit`` is one test of an empty dict.
+
+Points, in the order a job meets them:
+
+    before_claim            the claim statement is about to be sent
+    after_claim_commit      claimed jobs came back (the claim is committed)
+    mid_handler             in current_job().complete(conn): the handler's effects are
+                            written, its transaction is not committed
+    after_handler           the handler returned (its own transaction, if any,
+                            committed); the outcome is not yet buffered
+    before_complete_commit  a flush of outcomes is about to be written
+    after_complete_commit   a flush of outcomes was written
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter
 
 _points: dict[str, str] = {}
-_fired: set[str] = set()
+_hits: Counter[str] = Counter()
+_lock = threading.Lock()
 
 
 def configure(spec: str | None) -> None:
     _points.clear()
-    _fired.clear()
+    _hits.clear()
     for item in filter(None, (spec or "").split(",")):
         name, _, action = item.partition("=")
         _points[name.strip()] = action.strip() or "exit"
@@ -26,14 +40,16 @@ def configure(spec: str | None) -> None:
 def hit(name: str) -> None:
     if not _points:
         return
-    action = _points.get(name)
-    if action is None:
+    spec = _points.get(name)
+    if spec is None:
         return
-    if action.endswith("@once"):
-        if name in _fired:
+    action, _, when = spec.partition("@")
+    if when:
+        with _lock:
+            _hits[name] += 1
+            count = _hits[name]
+        if count != (1 if when == "once" else int(when)):
             return
-        _fired.add(name)
-        action = action.removesuffix("@once")
     if action == "exit":
         os._exit(137)
     if action == "raise":

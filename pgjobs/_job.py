@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import _failpoints
 from ._errors import LeaseLost, PgJobsError
 
 if TYPE_CHECKING:
@@ -51,6 +53,23 @@ class Cancel(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands for a JSON value a worker could not decode (nested too deep for Python,
+    a number too long for ``int()``): that job fails, the others in its claim run."""
+
+    error: str
+
+
+def lenient_json_loads(data: str | bytes) -> Any:
+    """``json.loads`` for the worker's claim connection, where one bad row must not
+    abort the claim (and the worker) for every job claimed with it."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return Undecodable(f"{type(exc).__name__}: {exc}"[:500])
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     """The columns a claim returns: only what execution needs."""
@@ -58,7 +77,7 @@ class ClaimedJob:
     id: int
     task: str
     queue: str
-    args: dict[str, Any]
+    args: dict[str, Any]  # an Undecodable when the claim could not decode them
     attempt: int
     max_attempts: int
     lease_token: Any
@@ -167,11 +186,13 @@ class JobContext:
         if this attempt no longer holds the lease, :class:`pgjobs.LeaseLost` is raised
         and your transaction must roll back (a ``with conn:`` block does that).
         """
+        _failpoints.hit("mid_handler")
         row = conn.execute(self.queries.job_complete_fenced, self._params(result)).fetchone()
         self._check(row)
 
     async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
         """:meth:`complete` on an ``AsyncConnection``."""
+        _failpoints.hit("mid_handler")
         cursor = await aconn.execute(self.queries.job_complete_fenced, self._params(result))
         self._check(await cursor.fetchone())
 

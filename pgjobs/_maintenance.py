@@ -51,8 +51,8 @@ class Reclaimer(Step):
     once a job has been recovered ``budget`` times."""
 
     def __init__(self, queries: Queries, interval: float, budget: int) -> None:
-        super().__init__("reclaim", queries.job_reclaim, {"limit": 1000, "budget": budget},
-                         interval)
+        params = {"limit": 1000, "budget": budget, "channel": f"pgjobs_{queries.schema}"}
+        super().__init__("reclaim", queries.job_reclaim, params, interval)
 
     def report(self, rows: list[tuple[Any, ...]], count: int) -> None:
         for job_id, state in rows:

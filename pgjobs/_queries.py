@@ -184,6 +184,12 @@ FROM {schema}.batches WHERE id = %(id)s
 #   and jobs with a concurrency key, which only job_claim_limited may start. This is the
 #   statement a worker sends while none of that concerns it (see _limits.ClaimRouter):
 #   it takes no lock beyond the claimed rows, and plans in a fraction of the time.
+# - A job recovered after a lost worker (recoveries > 0) is a suspect: it may be what
+#   killed that worker. A worker runs at most one suspect at a time (one per claim, none
+#   while it runs one: the uncorrelated NOT EXISTS is evaluated once, on
+#   jobs_running_idx). Jobs reclaimed together sit side by side in claim order, so
+#   without this a poison job would be claimed again with the same innocent jobs, crash
+#   after crash, and take them past the recovery budget with it.
 # - synchronous_commit off for this transaction only (set_config(..., true) is SET LOCAL,
 #   so it holds under any pooler): the claim returns without waiting for its WAL flush.
 #   A claim lost in a server crash only makes the job claimable again (at-least-once), and
@@ -198,20 +204,32 @@ WITH settings AS MATERIALIZED (
        OR (NOT s.paused AND s.concurrency_limit IS NULL AND s.rate_limit IS NULL)
 ),
 candidates AS (
-    SELECT j.id
+    SELECT j.id, j.priority, j.run_at, j.recoveries > 0 AS suspect
     FROM settings AS q
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
+        SELECT id, priority, run_at, recoveries
         FROM {schema}.jobs
         WHERE queue = q.name AND state = 'available' AND run_at <= now()
           AND (expires_at IS NULL OR expires_at > now())
           AND concurrency_key IS NULL
+          AND (recoveries = 0 OR NOT EXISTS (
+              SELECT FROM {schema}.jobs AS mine
+              WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
+                AND mine.recoveries > 0))
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) j
     ORDER BY j.priority, j.run_at, j.id
     LIMIT %(limit)s
+),
+chosen AS (
+    SELECT id FROM (
+        SELECT id, suspect,
+               row_number() OVER (PARTITION BY suspect ORDER BY priority, run_at, id) AS n
+        FROM candidates
+    ) c
+    WHERE NOT suspect OR n = 1
 )
 UPDATE {schema}.jobs AS job
 SET state = 'running',
@@ -220,8 +238,8 @@ SET state = 'running',
     lease_expires_at = clock_timestamp() + %(lease)s::interval,
     worker_id = %(worker_id)s,
     started_at = clock_timestamp()
-FROM candidates, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-WHERE job.id = candidates.id
+FROM chosen, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token, job.recoveries, job.batch_id, job.meta
 """
@@ -508,28 +526,36 @@ WITH lost AS (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+reclaimed AS (
+    UPDATE {schema}.jobs AS job
+    SET state = CASE WHEN job.recoveries >= %(budget)s THEN 'dead' ELSE 'available' END,
+        recoveries = job.recoveries + 1,
+        attempt = greatest(job.attempt - 1, 0),
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        run_at = clock_timestamp(),
+        finished_at = CASE WHEN job.recoveries >= %(budget)s THEN clock_timestamp() END,
+        errors = job.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', job.attempt,
+            'at', clock_timestamp(),
+            'type', 'pgjobs.WorkerLost',
+            'message', CASE WHEN job.recoveries >= %(budget)s
+                THEN format('worker lost (worker %%s): lease expired; recovery budget of %%s '
+                            'exhausted, job is dead', job.worker_id, %(budget)s)
+                ELSE format('worker lost (worker %%s): lease expired; job recovered',
+                            job.worker_id) END,
+            'traceback', NULL))
+    FROM lost
+    WHERE job.id = lost.id
+    RETURNING job.id, job.state, job.queue
+),
+-- Recovered jobs wake idle workers of their queue, as a new job would.
+notified AS (
+    SELECT pg_notify(%(channel)s, queue)
+    FROM (SELECT DISTINCT queue FROM reclaimed WHERE state = 'available') q
 )
-UPDATE {schema}.jobs AS job
-SET state = CASE WHEN job.recoveries >= %(budget)s THEN 'dead' ELSE 'available' END,
-    recoveries = job.recoveries + 1,
-    attempt = greatest(job.attempt - 1, 0),
-    lease_token = NULL,
-    lease_expires_at = NULL,
-    run_at = clock_timestamp(),
-    finished_at = CASE WHEN job.recoveries >= %(budget)s THEN clock_timestamp() END,
-    errors = job.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', job.attempt,
-        'at', clock_timestamp(),
-        'type', 'pgjobs.WorkerLost',
-        'message', CASE WHEN job.recoveries >= %(budget)s
-            THEN format('worker lost (worker %%s): lease expired; recovery budget of %%s '
-                        'exhausted, job is dead', job.worker_id, %(budget)s)
-            ELSE format('worker lost (worker %%s): lease expired; job recovered',
-                        job.worker_id) END,
-        'traceback', NULL))
-FROM lost
-WHERE job.id = lost.id
-RETURNING job.id, job.state
+SELECT id, state FROM reclaimed, (SELECT count(*) FROM notified) n
 """
 
 # Marks available jobs whose expires_at has passed as expired (the claim already skips

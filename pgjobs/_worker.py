@@ -15,7 +15,6 @@ for another's query:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -25,7 +24,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from . import _failpoints
 from ._completer import Completer, Pending
@@ -33,7 +34,7 @@ from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
 from ._executor import RELEASED, Executor, Outcome, default_backoff, elapsed_ms, failure
-from ._job import ClaimedJob, JobContext
+from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._limits import ClaimRouter
 from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
 from ._periodic import PeriodicEnqueuer
@@ -130,6 +131,7 @@ class Worker:
         self.shutdown_timeout = config.shutdown_timeout
         self._wake: asyncio.Event | None = None
         self._immediately: asyncio.Event | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- control (signal handlers call these) ------------------------------------------
 
@@ -165,7 +167,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._immediately = asyncio.Event()
         dsn, prepare = self.app.dsn, self.app.config.prepare
-        self.claim_db = Connector(dsn, "claim", prepare)
+        self.claim_db = Connector(dsn, "claim", prepare, configure=_lenient_json)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         self.maintenance_db = Connector(dsn, "maintenance", prepare)
         self.maintenance_runner = self._maintenance(self.maintenance_db)
@@ -277,7 +279,7 @@ class Worker:
             # one claim of many rather than a round trip per finished job.
             if self.quieted or want <= 0 or len(self.ready) > depth // 2:
                 wake.clear()
-                await self._wait(None if self.quieted else self.config.poll_interval)
+                await self._idle(None if self.quieted else self.config.poll_interval)
                 continue
             wake.clear()  # before claiming: a notification during the claim re-runs it
             jobs = await self._claim(want)
@@ -293,30 +295,53 @@ class Worker:
                     return
                 self._accept(jobs)
                 continue
-            await self._wait(self.config.poll_interval)
+            await self._idle(self.config.poll_interval)
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _idle(self, timeout: float | None) -> None:
+        """Wait for a wake-up (a notification, a finished job, a stop) or ``timeout``.
+        Reclaims run on the maintenance connection meanwhile and notify the queues of
+        the jobs they make available, so a reclaimed job wakes this loop like a new one."""
+        await self._wait(timeout)
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for a wake-up (True) or ``timeout`` (False)."""
         assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
+        if self._wake.is_set():
+            return True
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _claim(self, limit: int) -> list[ClaimedJob] | None:
         """Claim up to ``limit`` jobs (None after a connection failure)."""
         try:
             conn = await self.claim_db.get()
             statement = await self.router.statement(conn)
-            sent = time.perf_counter()
+            _failpoints.hit("before_claim")
+            sent = time.monotonic()
             cursor = await conn.execute(statement, {
                 "queues": self.queues, "limit": limit,
                 "lease": timedelta(seconds=self.config.lease), "worker_id": self.worker_id,
             })
             rows = await cursor.fetchall()
-            self.ahead.claimed(time.perf_counter() - sent)
+            self.ahead.claimed(time.monotonic() - sent)
         except TRANSIENT as exc:
             await self.claim_db.backoff(exc)
             return None
         _failpoints.hit("after_claim_commit")
-        return [ClaimedJob(*row) for row in rows]
+        jobs = [ClaimedJob(*row) for row in rows]
+        if jobs and time.monotonic() - sent > self.config.lease:
+            # The reply took longer than the lease it granted (a partition, a stall): the
+            # jobs may be reclaimed and running elsewhere by now. Hand them back rather
+            # than start them; the write is fenced, so it is a no-op where they moved on.
+            log.warning("claim of %d job(s) answered after %.1f s, longer than the lease; "
+                        "releasing them unstarted", len(jobs), time.monotonic() - sent)
+            for job in jobs:
+                self.completer.submit(JobContext(job, self.queries), Outcome(RELEASED))
+            return []
+        return jobs
 
     def _accept(self, jobs: list[ClaimedJob]) -> None:
         """Lease (heartbeat) every claimed job at once; start as many as slots allow."""
@@ -351,6 +376,7 @@ class Worker:
         except BaseException as exc:
             outcome = failure(ctx.job, exc, default_backoff)
             log.exception("job %s: internal error, recorded as a failure", ctx.id)
+        _failpoints.hit("after_handler")
         self.running.pop(ctx.job.lease_token, None)
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
@@ -371,32 +397,54 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.lease / 3
         lease = timedelta(seconds=self.config.lease)
-        last_ok = time.monotonic()
+        renewed_at = time.monotonic()
+        self._arm_watchdog(renewed_at)
         while True:
             await asyncio.sleep(interval)
-            held = list(self.leases.values())
+            held = [c for c in self.leases.values() if not c.lease_lost]
             params = {
                 "ids": [c.id for c in held], "tokens": [c.job.lease_token for c in held],
                 "lease": lease, "worker_id": self.worker_id,
             }
+            sent = time.monotonic()
+            timeout = max(interval, renewed_at + self.config.lease - sent)
             try:
-                conn = await self.beat_db.get()
-                cursor = await conn.execute(self.queries.job_heartbeat, params)
-                rows = await cursor.fetchall()
-                last_ok = time.monotonic()
+                # A black-holed link hangs instead of failing: bound each beat, so that a
+                # stuck connection is replaced instead of waited on until TCP gives up.
+                async with asyncio.timeout(timeout):
+                    conn = await self.beat_db.get()
+                    cursor = await conn.execute(self.queries.job_heartbeat, params)
+                    rows = await cursor.fetchall()
+            except TimeoutError:
+                await self.beat_db.backoff(TimeoutError(f"no reply within {timeout:.1f} s"))
+                continue
             except TRANSIENT as exc:
-                if time.monotonic() - last_ok > self.config.lease:
-                    # Our leases have lapsed by now: assume every job is reclaimed and
-                    # stop side effects, as a fenced write would fail anyway.
-                    for ctx in list(self.leases.values()):
-                        self._lease_lost(ctx)
                 await self.beat_db.backoff(exc)
                 continue
+            renewed_at = sent
+            self._arm_watchdog(sent)
             answered = {token for token, _ in rows}  # renewed, or busy (locked by its tx)
             for ctx in held:
                 token = ctx.job.lease_token
                 if token not in answered and token in self.leases and not ctx.completed:
                     self._lease_lost(ctx)
+
+    def _arm_watchdog(self, renewed_at: float) -> None:
+        """Stop every held job ``lease`` seconds after the last heartbeat that was sent
+        and answered: by then another worker may have reclaimed it. A timer, so neither a
+        heartbeat stuck in a partition nor a paused process can postpone it."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        delay = renewed_at + self.config.lease - time.monotonic()
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._leases_lapsed)
+
+    def _leases_lapsed(self) -> None:
+        held = [c for c in self.leases.values() if not c.completed and not c.lease_lost]
+        if held:
+            log.warning("no heartbeat answered for %ss: this worker's leases have lapsed",
+                        self.config.lease)
+        for ctx in held:
+            self._lease_lost(ctx)
 
     def _lease_lost(self, ctx: JobContext) -> None:
         if ctx.lease_lost:
@@ -464,6 +512,8 @@ class Worker:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for db in dbs:
             await db.close()
         self.executor.shutdown()
@@ -477,6 +527,9 @@ class Worker:
         except TRANSIENT as exc:
             log.warning("could not record worker state %s: %s", state, exc)
 
+
+def _lenient_json(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(lenient_json_loads, conn)
 
 
 class ClaimAhead:

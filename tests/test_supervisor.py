@@ -46,11 +46,15 @@ def wait_for_running(dsn: str, count: int, what: str) -> set[int]:
 
 
 class Producer(threading.Thread):
-    """Enqueues ``total`` jobs in small committed batches at a steady pace."""
+    """Enqueues ``total`` jobs in small committed batches at a steady pace. The last
+    ``tail`` jobs wait for ``release``, so that some of the stream is certainly left for
+    the workers that come after a rolling restart, however slowly it goes."""
 
-    def __init__(self, dsn: str, total: int, batch: int = 20, pause: float = 0.03) -> None:
+    def __init__(self, dsn: str, total: int, tail: int, batch: int = 20,
+                 pause: float = 0.03) -> None:
         super().__init__(daemon=True)
-        self.dsn, self.total, self.batch, self.pause = dsn, total, batch, pause
+        self.dsn, self.total, self.tail, self.batch, self.pause = dsn, total, tail, batch, pause
+        self.release = threading.Event()
         self.enqueued = 0
         self.error: BaseException | None = None
 
@@ -58,6 +62,8 @@ class Producer(threading.Thread):
         try:
             with psycopg.connect(self.dsn) as conn:
                 while self.enqueued < self.total:
+                    if self.enqueued >= self.total - self.tail:
+                        self.release.wait(120)
                     rolling.effect_once.enqueue_many(conn, [{}] * self.batch)
                     conn.commit()
                     self.enqueued += self.batch
@@ -71,12 +77,13 @@ def test_sighup_rolling_restart_under_a_steady_stream_runs_every_job_once(
 ) -> None:
     supervisor = spawn(*FLAGS, app=APP)
     old = wait_for_running(dsn, 2, "two worker processes")
-    producer = Producer(dsn, total=2000)
+    producer = Producer(dsn, total=2000, tail=300)
     producer.start()
-    wait_until(lambda: producer.enqueued >= 500 or producer.error, 60, "a third of the stream")
+    wait_until(lambda: producer.enqueued >= 500 or producer.error, 60, "a quarter of the stream")
     supervisor.signal(signal.SIGHUP)
     new = wait_until(lambda: (p := running_pids(dsn)) and not p & old and len(p) == 2 and p,
                      60, "two new worker processes")
+    producer.release.set()
     producer.join(120)
     assert producer.error is None and producer.enqueued == 2000
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE state = "

@@ -217,7 +217,8 @@ def expire_and_reclaim(dsn: str, job_id: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("UPDATE pgjobs.jobs SET lease_expires_at = now() - interval '1 s' "
                   "WHERE id = %s", (job_id,))
-        c.execute(app.queries.job_reclaim, {"limit": 100, "budget": 3})
+        c.execute(app.queries.job_reclaim,
+                  {"limit": 100, "budget": 3, "channel": app.config.channel})
 
 
 def complete_many(dsn: str, ctx: JobContext, outcome: _executor.Outcome) -> set[int]:
@@ -277,7 +278,7 @@ def test_reclaim_races_a_completion_and_the_completion_stays(dsn: str) -> None:
     ctx = JobContext(claimed, app.queries)
     query(dsn, "UPDATE pgjobs.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
           job_id)  # the lease lapsed, but no reclaim has run yet
-    reclaim = {"limit": 100, "budget": 3}
+    reclaim = {"limit": 100, "budget": 3, "channel": app.config.channel}
     with psycopg.connect(dsn) as conn:
         ctx.complete(conn)  # still fenced in: the token matches; the row is now locked
         # A reclaim during the completion skips the locked row ...
