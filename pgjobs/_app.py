@@ -313,11 +313,16 @@ class App:
                 # An earlier try committed while this one ran: the next finds its receipt.
                 continue
             except (*TRANSIENT, PoolTimeout) as exc:
-                if attempt == self.config.push_retries:
-                    raise
-                log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
-                time.sleep(push_backoff(attempt))
+                time.sleep(self._push_wait(attempt, exc))
         raise AssertionError("unreachable")
+
+    def _push_wait(self, attempt: int, exc: BaseException) -> float:
+        """After try ``attempt`` failed with ``exc``: raise it once the retries are spent,
+        else return the seconds to wait before the next try."""
+        if attempt == self.config.push_retries:
+            raise exc
+        log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
+        return push_backoff(attempt)
 
     async def _apush(self, statement: Statement) -> list[Enqueued]:
         """:meth:`_push` on the async pool."""
@@ -340,10 +345,7 @@ class App:
                 # An earlier try committed while this one ran: the next finds its receipt.
                 continue
             except (*TRANSIENT, PoolTimeout) as exc:
-                if attempt == self.config.push_retries:
-                    raise
-                log.warning("enqueue failed (%s); retrying (%d)", exc, attempt + 1)
-                await asyncio.sleep(push_backoff(attempt))
+                await asyncio.sleep(self._push_wait(attempt, exc))
         raise AssertionError("unreachable")
 
     # -- batches -----------------------------------------------------------------------
