@@ -16,9 +16,8 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
-from alembic.util import CommandError as AlembicCommandError
 
-from . import __version__, _migrate
+from . import __version__
 from ._app import App
 from ._devserver import LocalServer
 from ._enqueue import check_schema
@@ -48,8 +47,6 @@ class Group(click.Group):
             return super().invoke(ctx)
         except PgJobsError as exc:
             raise click.ClickException(str(exc)) from exc
-        except AlembicCommandError as exc:  # e.g. an unknown revision for --downgrade
-            raise click.ClickException(f"migration failed: {exc}") from exc
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise click.ClickException(f"cannot reach the database: {first}") from exc
@@ -88,17 +85,25 @@ def migrate(obj: Context, print_sql: bool, downgrade: str | None, start: str | N
     """
     if start and not print_sql:
         raise click.UsageError("--from only applies with --sql")
-    if print_sql:
-        if downgrade:
-            raise click.UsageError("--sql prints upgrades only; --downgrade applies directly")
-        click.echo(_migrate.upgrade_sql(obj.schema, start=start), nl=False)
-        return
-    if downgrade:
-        _migrate.downgrade(obj.dsn, obj.schema, downgrade)
-        click.echo(f"pgjobs schema {obj.schema!r} downgraded to {downgrade}")
-        return
-    _migrate.upgrade(obj.dsn, obj.schema)
-    click.echo(f"pgjobs schema {obj.schema!r} is at revision {_migrate.head_revision()}")
+    if print_sql and downgrade:
+        raise click.UsageError("--sql prints upgrades only; --downgrade applies directly")
+    # alembic (and SQLAlchemy) load only here: every other command, the worker above all,
+    # starts about half a second faster without them.
+    from alembic.util import CommandError
+
+    from . import _migrate
+
+    try:
+        if print_sql:
+            click.echo(_migrate.upgrade_sql(obj.schema, start=start), nl=False)
+        elif downgrade:
+            _migrate.downgrade(obj.dsn, obj.schema, downgrade)
+            click.echo(f"pgjobs schema {obj.schema!r} downgraded to {downgrade}")
+        else:
+            _migrate.upgrade(obj.dsn, obj.schema)
+            click.echo(f"pgjobs schema {obj.schema!r} is at revision {_migrate.head_revision()}")
+    except CommandError as exc:  # e.g. an unknown revision for --downgrade
+        raise click.ClickException(f"migration failed: {exc}") from exc
 
 
 # -- pgjobs worker ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._limits import ClaimRouter
 from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
 from ._periodic import PeriodicEnqueuer
+from ._revision import HEAD as HEAD_REVISION
 
 if TYPE_CHECKING:
     from ._app import App
@@ -222,8 +223,6 @@ class Worker:
 
     async def _check_schema(self) -> None:
         """Refuse to run against a schema older (or newer) than this code."""
-        from ._migrate import head_revision
-
         schema = self.app.config.schema
         version_table = sql.Identifier(schema, "alembic_version")
         while True:
@@ -245,7 +244,7 @@ class Worker:
                 if self.stopping:
                     raise WorkerStopped("stopped before the database could be reached") from exc
                 await self.claim_db.backoff(exc)
-        head = head_revision()
+        head = HEAD_REVISION
         if found != head:
             raise SchemaNotReady(
                 schema, "missing" if found is None else f"at revision {found}, not {head}"

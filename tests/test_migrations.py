@@ -334,3 +334,9 @@ def test_migrations_ship_inside_the_package_or_the_checkout() -> None:
     location = _migrate.script_location()
     assert (location / "env.py").is_file()
     assert {p.name for p in (location / "versions").glob("*.py")} >= {"0001_initial.py"}
+
+
+def test_the_revision_the_worker_expects_is_the_head() -> None:
+    from pgjobs import _revision
+
+    assert _migrate.head_revision() == _revision.HEAD
