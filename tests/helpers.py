@@ -8,11 +8,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+
+import pgjobs
 
 TESTS = Path(__file__).resolve().parent
 HARNESS_APP = "workerapps.basic:app"
@@ -86,3 +89,15 @@ class WorkerProcess:
         self.kill()
         self.logfile.close()
         Path(self.logfile.name).unlink(missing_ok=True)
+
+
+def harness_database(
+    fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, harness: str, app: pgjobs.App
+) -> Iterator[str]:
+    """A fresh database with a test app's harness tables, the app pointed at it (through
+    PGJOBS_DATABASE_URL) and its pools closed afterwards. Fixtures ``yield from`` this."""
+    with psycopg.connect(fresh_dsn, autocommit=True) as c:
+        c.execute(harness)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
+    yield fresh_dsn
+    app.close()

@@ -9,7 +9,7 @@ import pytest
 
 import pgjobs
 from pgjobs.testing import drain
-from tests.helpers import WorkerProcess, query, scalar, wait_until
+from tests.helpers import WorkerProcess, harness_database, query, scalar, wait_until
 from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
 
 pytestmark = pytest.mark.xdist_group("worker")
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.xdist_group("worker")
 
 @pytest.fixture
 def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with psycopg.connect(fresh_dsn, autocommit=True) as c:
-        c.execute(HARNESS)
-    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
-    yield fresh_dsn
-    app.close()
+    yield from harness_database(fresh_dsn, monkeypatch, HARNESS, app)
 
 
 def callbacks(dsn: str) -> list[tuple[int, str, str]]:

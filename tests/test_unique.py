@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 import pgjobs
 from pgjobs.testing import drain
-from tests.helpers import query, scalar
+from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, unique_start, unique_success
 
 pytestmark = pytest.mark.xdist_group("worker")
@@ -22,11 +22,7 @@ pytestmark = pytest.mark.xdist_group("worker")
 
 @pytest.fixture
 def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with psycopg.connect(fresh_dsn, autocommit=True) as c:
-        c.execute(HARNESS)
-    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
-    yield fresh_dsn
-    app.close()
+    yield from harness_database(fresh_dsn, monkeypatch, HARNESS, app)
 
 
 def holders(dsn: str) -> dict[str, int]:

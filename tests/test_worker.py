@@ -19,7 +19,15 @@ import pgjobs
 from pgjobs import _executor, _migrate
 from pgjobs._job import ClaimedJob, JobContext
 from pgjobs.testing import assert_enqueued, drain
-from tests.helpers import TESTS, WorkerProcess, job_state, query, scalar, wait_until
+from tests.helpers import (
+    TESTS,
+    WorkerProcess,
+    harness_database,
+    job_state,
+    query,
+    scalar,
+    wait_until,
+)
 from tests.workerapps import basic
 from tests.workerapps.basic import HARNESS, app
 
@@ -29,11 +37,7 @@ pytestmark = pytest.mark.xdist_group("worker")
 @pytest.fixture
 def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database with the harness tables; the test app points at it."""
-    with psycopg.connect(fresh_dsn, autocommit=True) as c:
-        c.execute(HARNESS)
-    monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
-    yield fresh_dsn
-    app.close()
+    yield from harness_database(fresh_dsn, monkeypatch, HARNESS, app)
 
 
 @pytest.fixture
