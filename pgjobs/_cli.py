@@ -163,6 +163,10 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
               envvar="PGJOBS_PREFETCH", show_envvar=True,
               help="Most jobs claimed ahead of free slots while jobs are shorter than a "
                    "claim round trip (0: claim for free slots only).")
+@click.option("--summary-interval", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, envvar="PGJOBS_SUMMARY_INTERVAL", show_envvar=True,
+              help="Seconds between INFO lines counting finished jobs (0: none). Each "
+                   "success is logged at DEBUG, retries at INFO, deaths at WARNING.")
 @click.option("--burst", is_flag=True, envvar="PGJOBS_BURST", show_envvar=True,
               help="Exit once no due job is left.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
@@ -178,8 +182,9 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int,
-           reclaim_interval: float | None, listen: bool, prefetch: int, burst: bool,
-           log_level: str, processes: int | None, start_timeout: float) -> None:
+           reclaim_interval: float | None, listen: bool, prefetch: int,
+           summary_interval: float, burst: bool, log_level: str, processes: int | None,
+           start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
@@ -213,6 +218,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
             "--shutdown-timeout", str(shutdown_timeout), "--poll-interval", str(poll_interval),
             "--recovery-budget", str(recovery_budget), "--log-level", log_level,
             "--prefetch", str(prefetch), "--listen" if listen else "--no-listen",
+            "--summary-interval", str(summary_interval),
             *(["--queues", queues] if queues else []), *(["--burst"] if burst else []),
             *(["--reclaim-interval", str(reclaim_interval)] if reclaim_interval else []),
         ]
@@ -229,7 +235,7 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
         queues=_queues(queues), concurrency=concurrency, lease=lease,
         shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
         recovery_budget=recovery_budget, reclaim_interval=reclaim_interval, listen=listen,
-        prefetch=prefetch,
+        prefetch=prefetch, summary_interval=summary_interval,
     )
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,16 @@ from ._completer import Completer, Pending
 from ._db import TRANSIENT, Connector
 from ._enqueue import check_queue
 from ._errors import InvalidOption, SchemaNotReady
-from ._executor import RELEASED, Executor, Outcome, default_backoff, elapsed_ms, failure
+from ._executor import (
+    DEAD,
+    RELEASED,
+    RETRY,
+    Executor,
+    Outcome,
+    default_backoff,
+    elapsed_ms,
+    failure,
+)
 from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._limits import ClaimRouter
 from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
@@ -44,6 +54,10 @@ if TYPE_CHECKING:
     from ._app import App
 
 log = logging.getLogger("pgjobs.worker")
+
+# One line per job costs about as much as running a no-op job, so routine outcomes are
+# DEBUG and a summary line reports them (``WorkerConfig.summary_interval``).
+OUTCOME_LEVEL = {RETRY: logging.INFO, DEAD: logging.WARNING}
 
 
 class WorkerStopped(Exception):
@@ -81,6 +95,10 @@ class WorkerConfig:
     """Most jobs claimed ahead of free slots, leased and held until a slot frees. Used only
     while jobs finish faster than a claim round trip (see ``ClaimAhead``), so long jobs are
     never held back from other workers. 0: claim only for free slots."""
+    summary_interval: float = 60.0
+    """Seconds between INFO summary lines (outcome counts and rate since the last one),
+    written only when jobs finished. Each success is a DEBUG line; retries are INFO and
+    deaths WARNING. 0: no summary."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
@@ -98,7 +116,7 @@ class WorkerConfig:
                 raise InvalidOption(f"{name} must be an int >= {least}, not {value!r}")
         if self.lease < 1:
             raise InvalidOption("lease must be at least 1 second")
-        for name in ("shutdown_timeout", "poll_interval"):
+        for name in ("shutdown_timeout", "poll_interval", "summary_interval"):
             if getattr(self, name) < 0:
                 raise InvalidOption(f"{name} cannot be negative")
 
@@ -126,6 +144,7 @@ class Worker:
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
         self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
+        self.summary = Summary(config.summary_interval)
         self.worker_id: int | None = None
         self.stopping = False
         self.quieted = False
@@ -380,10 +399,11 @@ class Worker:
         self.completer.submit(ctx, outcome)
         self.stats[outcome.kind] += 1
         self.ahead.ran(time.perf_counter() - started)
-        log.info(
-            "job id=%s task=%s queue=%s attempt=%s outcome=%s duration_ms=%s",
-            ctx.id, ctx.task, ctx.queue, ctx.attempt, outcome.kind, elapsed_ms(started),
-        )
+        level = OUTCOME_LEVEL.get(outcome.kind, logging.DEBUG)
+        if log.isEnabledFor(level):
+            log.log(level, "job id=%s task=%s queue=%s attempt=%s outcome=%s duration_ms=%s",
+                    ctx.id, ctx.task, ctx.queue, ctx.attempt, outcome.kind, elapsed_ms(started))
+        self.summary.count(outcome.kind, len(self.running) + len(self.ready))
         self._poke()
 
     def _written(self, batch: list[Pending]) -> None:
@@ -516,6 +536,7 @@ class Worker:
         for db in dbs:
             await db.close()
         self.executor.shutdown()
+        self.summary.flush(self.summary.clock(), 0)
         log.info("pgjobs worker %s stopped: %s", self.worker_id, dict(self.stats))
 
     async def _set_state(self, state: str) -> None:
@@ -529,6 +550,33 @@ class Worker:
 
 def _lenient_json(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(lenient_json_loads, conn)
+
+
+class Summary:
+    """Counts outcomes and logs them every ``interval`` seconds, at the first outcome due."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self.since = clock()
+
+    def count(self, kind: str, held: int) -> None:
+        self.counts[kind] += 1
+        if not self.interval:
+            return
+        now = self.clock()
+        if now - self.since >= self.interval:
+            self.flush(now, held)
+
+    def flush(self, now: float, held: int) -> None:
+        if self.counts:
+            total = sum(self.counts.values())
+            kinds = " ".join(f"{kind}={n}" for kind, n in sorted(self.counts.items()))
+            log.info("%d job(s) in %.0f s (%.1f/s): %s; running or held %d",
+                     total, now - self.since, total / (now - self.since), kinds, held)
+        self.counts.clear()
+        self.since = now
 
 
 class ClaimAhead:

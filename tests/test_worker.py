@@ -4,6 +4,7 @@ signals and leases with real `pgjobs worker` subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import pgjobs
 from pgjobs import _executor, _migrate
 from pgjobs._job import ClaimedJob, JobContext
+from pgjobs._worker import Summary
 from pgjobs.testing import assert_enqueued, drain
 from tests.helpers import (
     TESTS,
@@ -94,6 +96,35 @@ def test_failures_retry_then_die_with_every_error_recorded(dsn: str) -> None:
         assert entry["type"] == "ValueError" and entry["message"] == "kaput"
         assert "Traceback" in entry["traceback"] and "kaput" in entry["traceback"]
         assert entry["at"]
+
+
+def test_retries_log_at_info_deaths_at_warning_and_successes_at_debug(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = enqueue(dsn, basic.fail, message="kaput")
+    fine = enqueue(dsn, basic.double, x=1)
+    with caplog.at_level(logging.DEBUG, logger="pgjobs.worker"):
+        drain(app)
+    levels = {(r.levelname, r.getMessage().split(" task=")[0]) for r in caplog.records
+              if r.getMessage().startswith("job id=")}
+    assert levels == {("INFO", f"job id={failing}"), ("WARNING", f"job id={failing}"),
+                      ("DEBUG", f"job id={fine}")}
+
+
+def test_the_summary_counts_outcomes_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    summary = Summary(10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="pgjobs.worker"):
+        for second in range(25):
+            now[0] = 100.0 + second
+            summary.count("retry" if second == 3 else "succeeded", held=2)
+        summary.flush(now[0], 0)
+        summary.flush(now[0], 0)  # nothing since: no line
+    assert [r.getMessage() for r in caplog.records] == [
+        "11 job(s) in 10 s (1.1/s): retry=1 succeeded=10; running or held 2",
+        "10 job(s) in 10 s (1.0/s): succeeded=10; running or held 2",
+        "4 job(s) in 4 s (1.0/s): succeeded=4; running or held 0",
+    ]
 
 
 def test_a_retry_that_succeeds_keeps_its_earlier_errors(dsn: str) -> None:
@@ -415,7 +446,16 @@ def test_burst_worker_exits_when_the_queue_is_empty(
     assert {job_state(dsn, i) for i in ids} == {"succeeded"}
     log = worker.log()
     assert "started: queues=default concurrency=4" in log
-    assert "outcome=succeeded" in log and "duration_ms=" in log
+    assert "20 job(s) in" in log and "succeeded=20" in log  # the summary, at shutdown
+    assert "outcome=succeeded" not in log  # a DEBUG line
+
+
+def test_debug_logs_a_line_per_job(dsn: str, spawn: Callable[..., WorkerProcess]) -> None:
+    job_id = enqueue(dsn, basic.double, x=1)
+    worker = spawn("--burst", "--log-level", "DEBUG")
+    assert worker.wait(60) == 0
+    assert f"job id={job_id} task=double " in worker.log()
+    assert "outcome=succeeded duration_ms=" in worker.log()
 
 
 def test_notifications_wake_an_idle_worker_long_before_its_poll(
