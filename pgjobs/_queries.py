@@ -17,6 +17,9 @@ from psycopg import sql
 # RETURNING runs once, for the one row; no CTE to materialise). run_in is added to the
 # *database* clock (promise: database clock only). pg_notify is transactional: a
 # rolled-back enqueue notifies nobody, and a worker woken at commit finds the row visible.
+# A job due later notifies nobody: waking workers then finds nothing, and every
+# notifying commit holds a cluster-wide lock through its WAL flush, serialising
+# concurrent enqueuers. Polling finds it when it is due.
 job_insert = """
 INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
                            concurrency_key, concurrency_limit, rate_limit, rate_period)
@@ -25,7 +28,7 @@ SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.r
        coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
        %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
-RETURNING id, pg_notify(%(channel)s, %(queue)s)
+RETURNING id, CASE WHEN run_at <= now() THEN pg_notify(%(channel)s, %(queue)s) END
 """
 
 # Many jobs of one task (one queue, one set of options) in one statement: the options are
@@ -54,7 +57,7 @@ jobs AS (
     RETURNING id
 ),
 notified AS (
-    SELECT pg_notify(%(channel)s, %(queue)s)
+    SELECT pg_notify(%(channel)s, %(queue)s) FROM timed WHERE due <= now()
 )
 SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 """
@@ -112,14 +115,15 @@ inserted AS (
            coalesce(expires_at, due + expires_in), unique_key, %(batch_id)s::bigint,
            concurrency_key, concurrency_limit, rate_limit, rate_period
     FROM winners ORDER BY ord
-    RETURNING id, queue
+    RETURNING id, queue, run_at
 ),
 counted AS (
     SELECT {schema}.batch_add_jobs(%(batch_id)s::bigint, (SELECT count(*) FROM inserted))
     WHERE %(batch_id)s::bigint IS NOT NULL
 ),
 notified AS (
-    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted) q
+    SELECT pg_notify(%(channel)s, queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) q
 )
 SELECT coalesce(held.job_id, rows.new_id) AS id,
        coalesce(held.job_id <> rows.new_id, false) AS duplicate

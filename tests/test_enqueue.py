@@ -459,6 +459,27 @@ def test_notify_once_per_statement_after_commit(
         assert sorted(listener.received()) == ["mail", "other", "reports"]
 
 
+def test_jobs_due_later_notify_nobody(
+    fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
+) -> None:
+    task = register(fresh_app, queue="mail")
+    later = task.options(run_in=timedelta(minutes=5))
+    with psycopg.connect(fresh_dsn) as conn:
+        later.enqueue(conn, n=1)
+        later.enqueue_many(conn, [{"n": 2}, {"n": 3}])
+        later.options(unique_key="k").enqueue(conn, n=4)  # the unique-job statement
+        conn.commit()
+        assert listener.received() == []
+        task.options(run_at=datetime.now(UTC) - timedelta(seconds=1)).enqueue(conn, n=5)
+        conn.commit()
+        assert listener.received() == ["mail"]
+        task.options(unique_key="j").enqueue_many(conn, [{"n": 6}])
+        conn.commit()
+        assert listener.received() == ["mail"]
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (6,)
+
+
 def test_no_notify_after_rollback(
     fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
 ) -> None:
