@@ -71,6 +71,12 @@ class Config:
     """Prepare statements on pgjobs' own connections. Turn off behind PgBouncer < 1.21 in
     transaction mode. Connections you pass in keep their own ``prepare_threshold``."""
 
+    notify: bool = True
+    """NOTIFY workers when an enqueue commits, so an idle worker starts the job at once.
+    PostgreSQL serialises notifying commits (a cluster-wide lock held through each one's
+    WAL flush), so with many concurrent enqueuers False can raise their throughput; workers
+    then find jobs by polling (``--poll-interval``)."""
+
     def __post_init__(self) -> None:
         check_schema(self.schema)
         if self.max_args_bytes is not None and self.max_args_bytes < 2:
@@ -479,7 +485,7 @@ class Task(Generic[P, R]):
     def _statement(self, rows: list[Mapping[str, Any]]) -> Statement:
         """Validate every row and build the one statement that enqueues them."""
         app, opts, encode = self.app, self.opts, self.encoder.encode
-        channel = app.config.channel
+        channel = app.config.channel if app.config.notify else None
         if opts.special:
             special = SpecialRows()
             for kwargs in rows:

@@ -313,7 +313,7 @@ class Rows:
         for name in ROW_COLUMNS:
             getattr(self, name).append(row[name])
 
-    def params(self, channel: str) -> dict[str, Any]:
+    def params(self, channel: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {name: getattr(self, name) for name in ROW_COLUMNS}
         params["channel"] = channel
         return params
@@ -380,7 +380,7 @@ class SpecialRows:
         self.unique_until.append(opts.unique_until)
         self.slots.append((index, False))
 
-    def params(self, channel: str, sequence: str, batch_id: int | None) -> dict[str, Any]:
+    def params(self, channel: str | None, sequence: str, batch_id: int | None) -> dict[str, Any]:
         params = self.rows.params(channel)
         params.update(
             unique_key=self.unique_key, unique_for=self.unique_for,
@@ -398,7 +398,7 @@ ZERO = timedelta(0)
 
 
 def job_params(
-    task: str, opts: JobOptions, args: str, channel: str,
+    task: str, opts: JobOptions, args: str, channel: str | None,
     limits: Mapping[str, Any] = NO_KEY_LIMIT,
 ) -> dict[str, Any]:
     """Parameters of ``job_insert`` for one job (times relative to the database clock);

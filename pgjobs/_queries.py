@@ -19,7 +19,8 @@ from psycopg import sql
 # rolled-back enqueue notifies nobody, and a worker woken at commit finds the row visible.
 # A job due later notifies nobody: waking workers then finds nothing, and every
 # notifying commit holds a cluster-wide lock through its WAL flush, serialising
-# concurrent enqueuers. Polling finds it when it is due.
+# concurrent enqueuers. Polling finds it when it is due. A NULL channel (App(notify=
+# False)) notifies nobody at all.
 job_insert = """
 INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
                            concurrency_key, concurrency_limit, rate_limit, rate_period)
@@ -28,7 +29,8 @@ SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.r
        coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
        %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
-RETURNING id, CASE WHEN run_at <= now() THEN pg_notify(%(channel)s, %(queue)s) END
+RETURNING id, CASE WHEN run_at <= now() AND %(channel)s::text IS NOT NULL
+                  THEN pg_notify(%(channel)s, %(queue)s) END
 """
 
 # Many jobs of one task (one queue, one set of options) in one statement: the options are
@@ -57,7 +59,8 @@ jobs AS (
     RETURNING id
 ),
 notified AS (
-    SELECT pg_notify(%(channel)s, %(queue)s) FROM timed WHERE due <= now()
+    SELECT pg_notify(%(channel)s, %(queue)s)
+    FROM timed WHERE due <= now() AND %(channel)s::text IS NOT NULL
 )
 SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 """
@@ -124,6 +127,7 @@ counted AS (
 notified AS (
     SELECT pg_notify(%(channel)s, queue)
     FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) q
+    WHERE %(channel)s::text IS NOT NULL
 )
 SELECT coalesce(held.job_id, rows.new_id) AS id,
        coalesce(held.job_id <> rows.new_id, false) AS duplicate

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 import pgjobs
 from pgjobs import _migrate
+from pgjobs.testing import drain
 
 Conn = psycopg.Connection[Any]
 IDLE, INTRANS = TransactionStatus.IDLE, TransactionStatus.INTRANS
@@ -478,6 +479,23 @@ def test_jobs_due_later_notify_nobody(
         assert listener.received() == ["mail"]
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (6,)
+
+
+def test_an_app_with_notify_off_notifies_nobody(fresh_dsn: str, listener: Listener) -> None:
+    app = pgjobs.App(dsn=fresh_dsn, notify=False)
+    try:
+        task = register(app, queue="mail")
+        with psycopg.connect(fresh_dsn) as conn:
+            task.enqueue(conn, n=1)
+            task.enqueue_many(conn, [{"n": 2}, {"n": 3}])
+            task.options(unique_key="k").enqueue(conn, n=4)
+            conn.commit()
+        task.enqueue(n=5)  # the app's pool
+        assert listener.received() == []
+        stats = drain(app)  # polling finds them
+        assert stats == {"succeeded": 5}
+    finally:
+        app.close()
 
 
 def test_no_notify_after_rollback(
