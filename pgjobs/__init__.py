@@ -10,6 +10,7 @@
         send_mail.enqueue(conn, user_id=1)  # commits or rolls back with it
 """
 
+from ._admin import JobChange
 from ._app import App, Config, Task
 from ._batches import Batch, BatchStatus
 from ._enqueue import Enqueued, JobOptions
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidArgs",
     "InvalidName",
     "InvalidOption",
+    "JobChange",
     "JobContext",
     "JobOptions",
     "JobTimeout",

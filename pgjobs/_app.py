@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from . import _admin
+from ._admin import JobChange
 from ._batches import Batch, BatchStatus, create_batch, get_status
 from ._db import TRANSIENT
 from ._enqueue import (
@@ -374,6 +376,22 @@ class App:
             with self.pool.connection() as own:
                 return get_status(self, own, batch_id)
         return get_status(self, conn, batch_id)
+
+    # -- operator actions --------------------------------------------------------------
+
+    def cancel_jobs(self, conn: AnyConnection | None, ids: Iterable[int],
+                    reason: str | None = None) -> list[JobChange]:
+        """Cancel waiting and running jobs, in ``conn``'s transaction (None: in one of
+        its own). A running job's handler is stopped by its worker at the next heartbeat
+        (within a third of the lease) and nothing it writes through pgjobs counts. One
+        :class:`JobChange` per id, in id order."""
+        return _admin.run(self, conn, _admin.cancel_jobs, ids, reason)
+
+    def retry_jobs(self, conn: AnyConnection | None, ids: Iterable[int]) -> list[JobChange]:
+        """Run dead, cancelled and expired jobs again, now (and jobs waiting for a retry,
+        at once), keeping their errors and attempts, with room for one more attempt (see
+        docs/jobs.md). One :class:`JobChange` per id, in id order."""
+        return _admin.run(self, conn, _admin.retry_jobs, ids)
 
     def close(self) -> None:
         """Close the app's sync pool (the async one closes with :meth:`aclose`)."""

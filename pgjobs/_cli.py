@@ -411,7 +411,9 @@ def dev_destroy(folder: str) -> None:
 
 def _add_admin_commands() -> None:
     from ._cli_admin import periodic, queue
+    from ._cli_jobs import jobs
 
+    cli.add_command(jobs)
     cli.add_command(periodic)
     cli.add_command(queue)
 

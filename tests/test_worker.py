@@ -370,6 +370,29 @@ def test_lost_lease_cancels_async_handlers_and_tells_sync_ones(dsn: str) -> None
         assert job_state(dsn, job_id) == "running"  # untouched: the new owner's to finish
 
 
+def test_an_operator_cancel_stops_running_handlers_at_the_next_heartbeat(dsn: str) -> None:
+    sync_id = enqueue(dsn, basic.watch_lease, seconds=20)
+    async_id = enqueue(dsn, basic.async_busy, seconds=20)
+
+    async def scenario() -> object:
+        worker = pgjobs.Worker(app, pgjobs.WorkerConfig(lease=1.5, listen=False, burst=True))
+        run = asyncio.create_task(worker.run())
+        await asyncio.to_thread(wait_until, lambda: scalar(
+            dsn, "SELECT count(*) FROM attempts") == 2, 20, "both jobs to start")
+        changes = await asyncio.to_thread(app.cancel_jobs, None, [sync_id, async_id], "ops")
+        assert [(c.was, c.state) for c in changes] == [("running", "cancelled")] * 2
+        return await run
+
+    stats = asyncio.run(scenario())
+    assert stats == {"lease_lost": 2}  # outcomes of the stopped attempts, written nowhere
+    assert [r[0] for r in query(dsn, "SELECT note FROM attempts WHERE note IS NOT NULL")] == [
+        "lease_lost=True"]
+    for job_id in (sync_id, async_id):
+        row = job(dsn, job_id)
+        assert row["state"] == "cancelled" and row["meta"] == {"cancel_reason": "ops"}
+        assert row["lease_token"] is None and row["result"] is None
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
