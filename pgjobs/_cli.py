@@ -213,17 +213,9 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
     if processes is not None:
         from . import _supervisor
 
-        flags = [
-            "--app", app_spec, "--concurrency", str(concurrency), "--lease", str(lease),
-            "--shutdown-timeout", str(shutdown_timeout), "--poll-interval", str(poll_interval),
-            "--recovery-budget", str(recovery_budget), "--log-level", log_level,
-            "--prefetch", str(prefetch), "--listen" if listen else "--no-listen",
-            "--summary-interval", str(summary_interval),
-            *(["--queues", queues] if queues else []), *(["--burst"] if burst else []),
-            *(["--reclaim-interval", str(reclaim_interval)] if reclaim_interval else []),
-        ]
         env = {k: v for k, v in os.environ.items()
                if k not in ("PGJOBS_PROCESSES", "PGJOBS_START_TIMEOUT")}
+        flags = _child_flags(click.get_current_context(), env)
         # The database and schema go by environment, never on a command line `ps` shows.
         env.update(PGJOBS_DATABASE_URL=app.dsn, PGJOBS_SCHEMA=obj.schema)
         sys.exit(_supervisor.run(_supervisor.SupervisorConfig(
@@ -242,6 +234,31 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
     if any(t.name.startswith("pgjobs-job") and t.is_alive() for t in threading.enumerate()):
         logging.shutdown()
         os._exit(0)
+
+
+def _child_flags(ctx: click.Context, env: dict[str, str]) -> list[str]:
+    """The worker command line of a supervised process: every option of this one as
+    given or defaulted, except the supervisor's own (so no option is ever forgotten).
+    Connection strings go into ``env`` instead, never on a command line `ps` shows."""
+    flags: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in SUPERVISOR_ONLY:
+            continue
+        value = ctx.params.get(param.name or "")
+        if value is None:
+            continue
+        if "dsn" in (param.name or "") and isinstance(param.envvar, str):
+            env[param.envvar] = str(value)
+        elif param.is_flag and param.secondary_opts:  # --listen/--no-listen
+            flags.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            flags.extend(param.opts[:1] if value else [])
+        else:
+            flags.extend([param.opts[0], str(value)])
+    return flags
+
+
+SUPERVISOR_ONLY = {"processes", "start_timeout", "help"}
 
 
 async def _run_worker(w: Worker) -> None:

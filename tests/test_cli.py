@@ -265,3 +265,25 @@ def test_dev_start_url_stop(dev_dir: Path) -> None:
     destroyed = run("dev", "destroy", "--dir", folder, "--yes", **dev_env())
     assert destroyed.exit_code == 0, destroyed.output
     assert not (dev_dir / "data").exists()
+
+
+def test_a_supervised_process_gets_every_worker_option_back() -> None:
+    from pgjobs._cli import SUPERVISOR_ONLY, _child_flags, worker
+
+    given = ["--app", "shop.tasks:app", "--processes", "3", "--queues", "mail,sms",
+             "--concurrency", "7", "--no-listen", "--burst", "--lease", "12.5",
+             "--summary-interval", "0"]
+    parent = worker.make_context("worker", list(given))
+    env: dict[str, str] = {}
+    flags = _child_flags(parent, env)
+    assert "--processes" not in flags and "--start-timeout" not in flags
+    child = worker.make_context("worker", flags)
+    assert child.params["processes"] is None  # the child is an ordinary worker
+    expected = {k: v for k, v in parent.params.items() if k not in SUPERVISOR_ONLY}
+    child.params = {k: v for k, v in child.params.items() if k not in SUPERVISOR_ONLY}
+    dsn_options = {k for k in expected if "dsn" in k}
+    for name in dsn_options:
+        expected.pop(name)
+        child.params.pop(name)
+    assert child.params == expected
+    assert child.params["listen"] is False and child.params["burst"] is True
