@@ -16,7 +16,8 @@ from pgjobs import _migrate
 from pgjobs._revision import HEAD
 from tests.deploy import PgBouncer, enqueue_every_way
 from tests.helpers import WorkerProcess, harness_database, scalar, wait_until
-from tests.workerapps.deployed import HARNESS, app as deployed_app
+from tests.workerapps.deployed import HARNESS
+from tests.workerapps.deployed import app as deployed_app
 
 pytestmark = [pytest.mark.xdist_group("worker"), pytest.mark.slow]
 
