@@ -14,6 +14,7 @@ import click
 import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterError
+from psycopg import sql
 
 from ._app import Config
 from ._enqueue import check_queue, translated_errors
@@ -230,5 +231,17 @@ def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str) -> No
         click.echo(script, nl=False)
         return
     with _connect(obj) as conn:
-        conn.execute(script)
+        try:
+            conn.execute(script)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise click.ClickException(
+                f"{exc.diag.message_primary}: run `pgjobs roles` as a superuser, or as a role "
+                "with CREATEROLE that owns the schema's objects (or print the script with "
+                "--sql for your DBA)"
+            ) from exc
+        migrated = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
+            sql.Identifier(obj.schema, "jobs").as_string(None),)).fetchone()
     click.echo(f"roles {owner}, {app} and {worker} are set up for schema {obj.schema!r}")
+    if not migrated or not migrated[0]:
+        click.echo(f"the schema has no tables yet: run `pgjobs migrate` as {owner}, then "
+                   "`pgjobs roles` again to grant on them")

@@ -131,3 +131,27 @@ def test_migrate_through_pgbouncer(bouncer: PgBouncer, empty_dsn: str) -> None:
     _migrate.upgrade(bouncer.url_for(empty_dsn))
     with psycopg.connect(empty_dsn) as conn:
         assert _migrate.current_revision(conn, "pgjobs") == HEAD
+
+
+def test_a_supervisor_hands_the_pgbouncer_settings_to_its_processes(
+    bouncer: PgBouncer, dsn: str,
+) -> None:
+    worker = run_worker(bouncer, dsn, "--processes", "2", "--poll-interval", "0.2",
+                        "--listen-dsn", dsn)
+    try:
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.workers "
+                                  "WHERE state = 'running'") == 2, what="two worker processes")
+        app = pgjobs.App(dsn=bouncer.url_for(dsn), pgbouncer=True)
+        ids = [app.task("member").enqueue(n=n).id for n in range(20)]
+        app.close()
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                  "AND state = 'succeeded'", ids) == len(ids),
+                   what="every job to succeed")
+        # Each process LISTENs on the direct connection it was handed.
+        assert scalar(dsn, "SELECT count(*) FROM pg_stat_activity "
+                      "WHERE datname = current_database() "
+                      "AND application_name = 'pgjobs-listen'") == 2
+        log = stopped_log(worker)
+    finally:
+        worker.close()
+    assert "prepared statement" not in log, log

@@ -218,3 +218,25 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
     refused(deployment.worker, "DELETE FROM pgjobs.jobs")
     # Migrating again as the owner (a no-op at head) keeps working.
     _migrate.upgrade(deployment.owner)
+
+
+def test_cli_before_migrate_says_what_comes_next(empty_dsn: str) -> None:
+    names = [f"{kind}_{secrets.token_hex(4)}" for kind in ("owner", "app", "worker")]
+    result = CliRunner().invoke(cli, ["--dsn", empty_dsn, "roles", "--owner", names[0],
+                                      "--app", names[1], "--worker", names[2]])
+    try:
+        assert result.exit_code == 0, result.output
+        assert f"run `pgjobs migrate` as {names[0]}, then `pgjobs roles` again" in result.output
+        assert scalar(empty_dsn, "SELECT nspowner::regrole::text FROM pg_namespace "
+                      "WHERE nspname = 'pgjobs'") == names[0]
+    finally:
+        query(empty_dsn, "DROP SCHEMA IF EXISTS pgjobs")
+        for name in names:
+            query(empty_dsn, sql.SQL("DROP ROLE IF EXISTS {}").format(
+                sql.Identifier(name)).as_string(None))
+
+
+def test_cli_run_by_an_unprivileged_role_says_who_may_run_it(deployment: Deployment) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", deployment.app, "roles"])
+    assert result.exit_code == 1
+    assert "permission denied" in result.output and "as a superuser" in result.output
