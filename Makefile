@@ -8,12 +8,15 @@ PG15   := /usr/lib/postgresql/15/bin
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-pg15 lint demo chaos bench peers clean
+.PHONY: help install system-deps test test-pg15 lint demo chaos bench peers clean
 
 help: ## Show this list
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv with pgjobs (editable) and its dev extra
+install: $(STAMP) system-deps ## Create .venv with pgjobs (editable) and its dev extra
+
+system-deps: ## Install PgBouncer for its tests when missing (as root; says what to do otherwise)
+	@scripts/install-system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -13,7 +13,13 @@ schema: str = config.attributes["schema"]
 VERSION_TABLE = "alembic_version"
 
 # Composed once with Identifier: any schema name is quoted correctly.
-CREATE_SCHEMA = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+# Created only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
+# when the schema exists, which an owner role given the schema by `pgjobs roles` lacks.
+CREATE_SCHEMA = sql.SQL(
+    "DO $pgjobs$ BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = {}) "
+    "THEN EXECUTE {}; END IF; END $pgjobs$"
+).format(sql.Literal(schema),
+         sql.Literal(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)).as_string(None)))
 PIN_SEARCH_PATH = sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema))
 # Serialises concurrent `pgjobs migrate` runs against one schema; released at commit.
 MIGRATION_LOCK = sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(

@@ -72,6 +72,14 @@ class Config:
     prepare: bool = True
     """Prepare statements on pgjobs' own connections. Turn off behind PgBouncer < 1.21 in
     transaction mode. Connections you pass in keep their own ``prepare_threshold``."""
+    pgbouncer: bool = False
+    """``dsn`` goes through a transaction-mode pooler such as PgBouncer (docs/pgbouncer.md):
+    pgjobs' own connections prepare nothing and hold no session state, and workers LISTEN
+    only on ``listen_dsn`` (without one they poll every ``poll_interval``)."""
+    listen_dsn: str | None = None
+    """A direct connection to PostgreSQL for workers' LISTEN (a pooler in transaction mode
+    cannot hold one). None: ``PGJOBS_LISTEN_DSN`` at first use, else ``dsn`` unless
+    ``pgbouncer`` is set."""
 
     notify: bool = True
     """NOTIFY workers when an enqueue commits, so an idle worker starts the job at once.
@@ -89,6 +97,11 @@ class Config:
             raise InvalidOption("push_retries cannot be negative")
         if self.pool_timeout <= 0:
             raise InvalidOption("pool_timeout must be positive")
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold`` for pgjobs' own connections (None: never)."""
+        return 0 if self.prepare and not self.pgbouncer else None
 
     @property
     def channel(self) -> str:
@@ -255,9 +268,17 @@ class App:
             raise MissingDatabaseURL()
         return dsn
 
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where workers LISTEN (see :attr:`Config.listen_dsn`); None: nowhere, poll."""
+        direct = self.config.listen_dsn or os.environ.get("PGJOBS_LISTEN_DSN")
+        if direct:
+            return direct
+        return None if self.config.pgbouncer else self.dsn
+
     def connect(self, **kwargs: Any) -> AnyConnection:
         """A new connection to the app's database, configured like the pool's."""
-        kwargs.setdefault("prepare_threshold", 0 if self.config.prepare else None)
+        kwargs.setdefault("prepare_threshold", self.config.prepare_threshold)
         return psycopg.connect(self.dsn, **kwargs)
 
     @property
@@ -269,7 +290,7 @@ class App:
                     self.dsn,
                     min_size=1,
                     max_size=self.config.pool_size,
-                    kwargs={"prepare_threshold": 0 if self.config.prepare else None},
+                    kwargs={"prepare_threshold": self.config.prepare_threshold},
                     # A pooled connection may have died while idle (server restarted,
                     # backend terminated): test it on checkout, replace it if dead.
                     check=ConnectionPool.check_connection,
@@ -289,7 +310,7 @@ class App:
                 self.dsn,
                 min_size=1,
                 max_size=self.config.pool_size,
-                kwargs={"prepare_threshold": 0 if self.config.prepare else None},
+                kwargs={"prepare_threshold": self.config.prepare_threshold},
                 check=AsyncConnectionPool.check_connection,
                 name="pgjobs-async",
                 open=False,

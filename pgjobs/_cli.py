@@ -158,7 +158,13 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
                    "Default: half the lease, at most 10.")
 @click.option("--listen/--no-listen", default=True, show_default=True,
               envvar="PGJOBS_LISTEN", show_envvar=True,
-              help="LISTEN for new jobs (turn off behind a transaction-mode PgBouncer).")
+              help="LISTEN for new jobs (on --listen-dsn when given).")
+@click.option("--pgbouncer", is_flag=True, envvar="PGJOBS_PGBOUNCER", show_envvar=True,
+              help="The DSN goes through PgBouncer in transaction mode: prepare nothing, "
+                   "LISTEN only on --listen-dsn, else poll (App(pgbouncer=True)).")
+@click.option("--listen-dsn", envvar="PGJOBS_LISTEN_DSN", show_envvar=True, metavar="DSN",
+              help="A direct connection to PostgreSQL for LISTEN, when the DSN goes "
+                   "through PgBouncer (App(listen_dsn=...)).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=100, show_default=True,
               envvar="PGJOBS_PREFETCH", show_envvar=True,
               help="Most jobs claimed ahead of free slots while jobs are shorter than a "
@@ -182,9 +188,9 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 @click.pass_obj
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int,
-           reclaim_interval: float | None, listen: bool, prefetch: int,
-           summary_interval: float, burst: bool, log_level: str, processes: int | None,
-           start_timeout: float) -> None:
+           reclaim_interval: float | None, listen: bool, pgbouncer: bool,
+           listen_dsn: str | None, prefetch: int, summary_interval: float, burst: bool,
+           log_level: str, processes: int | None, start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
     \b
@@ -209,6 +215,10 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
         )
     if app.config.dsn is None and obj.dsn_option:
         app.config = replace(app.config, dsn=obj.dsn_option)
+    if pgbouncer:
+        app.config = replace(app.config, pgbouncer=True)
+    if listen_dsn:
+        app.config = replace(app.config, listen_dsn=listen_dsn)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
     if processes is not None:
         from . import _supervisor
@@ -218,6 +228,8 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
         flags = _child_flags(click.get_current_context(), env)
         # The database and schema go by environment, never on a command line `ps` shows.
         env.update(PGJOBS_DATABASE_URL=app.dsn, PGJOBS_SCHEMA=obj.schema)
+        if app.config.listen_dsn:
+            env.update(PGJOBS_LISTEN_DSN=app.config.listen_dsn)
         sys.exit(_supervisor.run(_supervisor.SupervisorConfig(
             command=[sys.executable, "-m", "pgjobs", "worker", *flags], env=env,
             processes=processes, dsn=app.dsn, schema=app.config.schema,
@@ -427,12 +439,13 @@ def dev_destroy(folder: str) -> None:
 
 
 def _add_admin_commands() -> None:
-    from ._cli_admin import periodic, queue
+    from ._cli_admin import periodic, queue, roles
     from ._cli_jobs import jobs
 
     cli.add_command(jobs)
     cli.add_command(periodic)
     cli.add_command(queue)
+    cli.add_command(roles)
 
 
 _add_admin_commands()

@@ -1,4 +1,4 @@
-"""Operator commands: ``pgjobs queue ...`` and ``pgjobs periodic ...``.
+"""Operator commands: ``pgjobs queue ...``, ``pgjobs periodic ...`` and ``pgjobs roles``.
 
 They read and write the ``queues`` and ``periodic`` tables only, so they need the database
 but not the application's code; plain SQL on those tables does the same (docs/queues.md).
@@ -6,19 +6,22 @@ but not the application's code; plain SQL on those tables does the same (docs/qu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import click
 import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterError
+from psycopg import sql
 
 from ._app import Config
 from ._enqueue import check_queue, translated_errors
 from ._errors import PgJobsError
 from ._queries import Queries
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 class Target(Protocol):
@@ -31,7 +34,8 @@ class Target(Protocol):
 
 
 def _connect(obj: Target) -> psycopg.Connection[Any]:
-    return psycopg.connect(obj.dsn, autocommit=True)
+    # One-off statements: never prepared, so a transaction-mode pooler is fine.
+    return psycopg.connect(obj.dsn, autocommit=True, prepare_threshold=None)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -192,3 +196,52 @@ def periodic_list(obj: Target) -> None:
                       "-" if last_job_id is None else str(last_job_id)])
     _table(["NAME", "TASK", "QUEUE", "SCHEDULE", "TZ", "CATCH-UP", "ENABLED", "LAST TICK",
             "NEXT TICK", "LAST JOB"], table)
+
+
+# -- pgjobs roles --------------------------------------------------------------------------
+
+
+def _role_option(kind: str, default: str, what: str) -> Callable[[FC], FC]:
+    return click.option(f"--{kind}", default=default, show_default=True,
+                        envvar=f"PGJOBS_{kind.upper()}_ROLE", show_envvar=True, help=what)
+
+
+@click.command()
+@click.option("--sql", "print_sql", is_flag=True, envvar="PGJOBS_ROLES_SQL", show_envvar=True,
+              help="Print the SQL instead of applying it (for a DBA to review and run).")
+@_role_option("owner", "pgjobs_owner", "Role that owns the schema; run `pgjobs migrate` as it.")
+@_role_option("app", "pgjobs_app", "Role that enqueues jobs and reads their state.")
+@_role_option("worker", "pgjobs_worker", "Role that runs `pgjobs worker`.")
+@click.pass_obj
+def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str) -> None:
+    """Create the owner, app and worker roles and grant each what it needs (docs/security.md).
+
+    Idempotent. Roles are created with LOGIN and no password when missing: set one with
+    ALTER ROLE ... PASSWORD. Apply it as a superuser (or a role with CREATEROLE that owns
+    the schema), then `pgjobs migrate` as the owner, then run it again: objects that did
+    not exist yet get their grants. Run it again after every migrate.
+    """
+    from ._roles import Roles, roles_sql
+
+    try:
+        script = roles_sql(obj.schema, Roles(owner=owner, app=app, worker=worker))
+    except PgJobsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if print_sql:
+        click.echo(script, nl=False)
+        return
+    with _connect(obj) as conn:
+        try:
+            conn.execute(script)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise click.ClickException(
+                f"{exc.diag.message_primary}: run `pgjobs roles` as a superuser, or as a role "
+                "with CREATEROLE that owns the schema's objects (or print the script with "
+                "--sql for your DBA)"
+            ) from exc
+        migrated = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
+            sql.Identifier(obj.schema, "jobs").as_string(None),)).fetchone()
+    click.echo(f"roles {owner}, {app} and {worker} are set up for schema {obj.schema!r}")
+    if not migrated or not migrated[0]:
+        click.echo(f"the schema has no tables yet: run `pgjobs migrate` as {owner}, then "
+                   "`pgjobs roles` again to grant on them")

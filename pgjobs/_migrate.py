@@ -43,9 +43,12 @@ def _config(schema: str, output: TextIO | None = None) -> Config:
 
 
 def _run_online(dsn: str, schema: str, action: str, target: str) -> None:
-    # NullPool + creator: any libpq DSN or URL works, through psycopg 3 only.
+    # NullPool + creator: any libpq DSN or URL works, through psycopg 3 only. Nothing is
+    # prepared, so a transaction-mode pooler works too: the whole upgrade is one
+    # transaction, and its advisory lock is transaction-scoped.
     engine = create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn, prepare_threshold=None),
+        poolclass=NullPool,
     )
     try:
         with _ALEMBIC, engine.begin() as connection:

@@ -275,7 +275,8 @@ class Supervisor:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
                 self.config.dsn, autocommit=True, application_name="pgjobs-supervisor",
-                connect_timeout=5,
+                # Not a hot path: never prepare, so a transaction-mode pooler is fine.
+                connect_timeout=5, prepare_threshold=None,
             )
         return self._conn
 

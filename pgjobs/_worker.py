@@ -6,7 +6,8 @@ for another's query:
     claim        claim loop (K = free slots)
     complete     the completer's batched, fenced outcome writes
     heartbeat    lease renewal for every held job, every lease/3
-    listen       LISTEN for enqueue notifications; polling covers any gap
+    listen       LISTEN for enqueue notifications (on App.listen_dsn, a direct connection
+                 when the others go through PgBouncer); polling covers any gap
     maintenance  reclaim, expire, prune, periodic ticks (not in burst mode): also while
                  every slot is busy or the worker is quiet, so lost jobs come back even
                  when the whole fleet is saturated
@@ -87,8 +88,9 @@ class WorkerConfig:
     recovery_budget: int = 3
     """Times a job may be recovered after a lost worker before it is dead."""
     listen: bool = True
-    """LISTEN for enqueue notifications. Turn off behind a transaction-mode pooler
-    (PgBouncer) that cannot hold a LISTEN session; polling alone then finds jobs."""
+    """LISTEN for enqueue notifications, on the app's ``listen_dsn`` (a direct connection
+    when the DSN goes through PgBouncer; with ``App(pgbouncer=True)`` and no listen DSN
+    the worker polls). False: polling alone finds jobs."""
     reclaim_interval: float | None = None
     """Seconds between reclaim runs. None: lease / 2, at most 10."""
     prefetch: int = 100
@@ -186,7 +188,7 @@ class Worker:
         """Run until stopped; return the count of outcomes by kind."""
         self._wake = asyncio.Event()
         self._immediately = asyncio.Event()
-        dsn, prepare = self.app.dsn, self.app.config.prepare
+        dsn, prepare = self.app.dsn, self.app.config.prepare_threshold is not None
         self.claim_db = Connector(dsn, "claim", prepare, configure=_lenient_json)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         self.maintenance_db = Connector(dsn, "maintenance", prepare)
@@ -219,8 +221,11 @@ class Worker:
             asyncio.create_task(self.completer.run(), name="pgjobs-completer"),
             asyncio.create_task(self._heartbeat_loop(), name="pgjobs-heartbeat"),
         ]
-        if self.config.listen:
+        if self.config.listen and self.app.listen_dsn is not None:
             background.append(asyncio.create_task(self._listen_loop(), name="pgjobs-listen"))
+        elif self.config.listen:
+            log.info("no LISTEN: the DSN goes through PgBouncer and no listen DSN is set; "
+                     "polling every %ss", self.config.poll_interval)
         background.append(
             asyncio.create_task(self.maintenance_runner.run(), name="pgjobs-maintenance")
         )
@@ -481,7 +486,9 @@ class Worker:
     # -- listen ------------------------------------------------------------------------
 
     async def _listen_loop(self) -> None:
-        listen_db = Connector(self.app.dsn, "listen", prepare=False)
+        listen_dsn = self.app.listen_dsn
+        assert listen_dsn is not None
+        listen_db = Connector(listen_dsn, "listen", prepare=False)
         channel = sql.SQL("LISTEN {}").format(sql.Identifier(self.app.config.channel))
         try:
             while True:

@@ -190,10 +190,10 @@ def test_migrate_sql_needs_no_database() -> None:
     result = run("migrate", "--sql")
     assert result.exit_code == 0, result.output
     assert "CREATE TABLE jobs" in result.stdout
-    assert 'CREATE SCHEMA IF NOT EXISTS "pgjobs"' in result.stdout
+    assert 'CREATE SCHEMA "pgjobs"' in result.stdout
     assert result.stdout.rstrip().endswith("COMMIT;")
     custom = run("--schema", "Jobs_X", "migrate", "--sql")
-    assert 'CREATE SCHEMA IF NOT EXISTS "Jobs_X"' in custom.stdout
+    assert 'CREATE SCHEMA "Jobs_X"' in custom.stdout
     assert "pgjobs.migrate:Jobs_X" in custom.stdout  # its own migration lock
     from_env = run("migrate", PGJOBS_MIGRATE_SQL="1")
     assert from_env.exit_code == 0 and "CREATE TABLE jobs" in from_env.stdout
