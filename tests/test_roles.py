@@ -150,6 +150,25 @@ def test_the_app_role_cannot_run_change_or_destroy_jobs(deployment: Deployment) 
                   job_id) == "available"
 
 
+def test_the_worker_role_retries_and_cancels_jobs_by_hand_and_the_app_role_cannot(
+    deployment: Deployment
+) -> None:
+    producer = pgjobs.App(dsn=deployment.app)
+    waiting = producer.task("member").options(unique_key="k").enqueue(n=1).id
+    dead = producer.task("member").enqueue(n=2).id
+    query(deployment.admin, "UPDATE pgjobs.jobs SET state = 'dead', finished_at = now() "
+          "WHERE id = %s", dead)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        producer.cancel_jobs(None, [waiting])
+    producer.close()
+    operator = pgjobs.App(dsn=deployment.worker)
+    assert [c.changed for c in operator.cancel_jobs(None, [waiting])] == [True]
+    assert [c.changed for c in operator.retry_jobs(None, [dead, waiting])] == [True, True]
+    operator.close()
+    assert scalar(deployment.admin, "SELECT job_id FROM pgjobs.unique_keys WHERE key = 'k'") \
+        == waiting
+
+
 @pytest.mark.slow
 def test_a_worker_as_the_worker_role_runs_everything(deployment: Deployment) -> None:
     app = pgjobs.App(dsn=deployment.app)
