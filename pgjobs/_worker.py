@@ -36,7 +36,14 @@ from ._errors import InvalidOption, SchemaNotReady
 from ._executor import RELEASED, Executor, Outcome, default_backoff, elapsed_ms, failure
 from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._limits import ClaimRouter
-from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
+from ._maintenance import (
+    LimitKeyPruner,
+    Maintenance,
+    Pruner,
+    Retention,
+    StepLike,
+    default_steps,
+)
 from ._periodic import PeriodicEnqueuer
 from ._revision import HEAD as HEAD_REVISION
 
@@ -81,6 +88,17 @@ class WorkerConfig:
     """Most jobs claimed ahead of free slots, leased and held until a slot frees. Used only
     while jobs finish faster than a claim round trip (see ``ClaimAhead``), so long jobs are
     never held back from other workers. 0: claim only for free slots."""
+    retention_succeeded: float | None = 86_400.0
+    """Seconds succeeded jobs are kept after they finish (a day); None keeps them forever.
+    Jobs of a batch are kept until the batch has been complete this long."""
+    retention_cancelled: float | None = 86_400.0
+    """Seconds cancelled jobs are kept (a day); None: forever."""
+    retention_dead: float | None = 7 * 86_400.0
+    """Seconds dead and expired jobs are kept (a week, time to look and retry); None:
+    forever."""
+    retention_workers: float | None = 86_400.0
+    """Seconds a ``workers`` row is kept after its last heartbeat (stopped workers, and
+    ones that died without saying so); None: forever. At least three leases."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
@@ -101,6 +119,25 @@ class WorkerConfig:
         for name in ("shutdown_timeout", "poll_interval"):
             if getattr(self, name) < 0:
                 raise InvalidOption(f"{name} cannot be negative")
+        for name in ("retention_succeeded", "retention_cancelled", "retention_dead",
+                     "retention_workers"):
+            if isinstance(getattr(self, name), timedelta):
+                object.__setattr__(self, name, getattr(self, name).total_seconds())
+        for name in ("retention_succeeded", "retention_cancelled", "retention_dead"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidOption(
+                    f"{name} must be a positive number of seconds, or None to keep those "
+                    f"jobs forever, not {value!r}")
+        if self.retention_workers is not None and not self.retention_workers >= 3 * self.lease:
+            raise InvalidOption(
+                f"retention_workers must be at least three leases ({3 * self.lease:g}s), so "
+                f"a live worker's row is never deleted, or None; not {self.retention_workers!r}")
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.retention_succeeded, self.retention_cancelled,
+                         self.retention_dead, self.retention_workers)
 
 
 class Worker:
@@ -216,7 +253,8 @@ class Worker:
     def _maintenance(self, connector: Connector) -> Maintenance:
         # A burst worker (drain, then exit) enqueues no periodic ticks: tests that drain
         # must not find cron jobs appearing under them.
-        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries)]
+        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries),
+                                 Pruner(self.queries, self.config.retention)]
         if not self.config.burst:
             steps.append(PeriodicEnqueuer(self.app))
         return Maintenance(connector, steps)
