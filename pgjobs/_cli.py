@@ -454,10 +454,11 @@ def dev_destroy(folder: str) -> None:
 
 
 def _add_admin_commands() -> None:
-    from ._cli_admin import periodic, queue
+    from ._cli_admin import periodic, queue, status
 
     cli.add_command(periodic)
     cli.add_command(queue)
+    cli.add_command(status)
 
 
 _add_admin_commands()

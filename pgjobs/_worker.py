@@ -292,6 +292,7 @@ class Worker:
         params = {
             "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
             "concurrency": self.config.concurrency, "version": _version(),
+            "lease": self.config.lease,
         }
         while True:
             try:
