@@ -114,9 +114,10 @@ class Retention:
     workers: float | None = 86_400.0
 
     def longest(self) -> float | None:
-        """The longest kept job state (None: some state is kept forever)."""
-        periods = (self.succeeded, self.cancelled, self.dead)
-        return None if None in periods else max(p for p in periods if p is not None)
+        """The longest finite job retention (None: every job state is kept forever). A
+        batch row outlives it; one whose jobs are kept forever stays with them."""
+        periods = [p for p in (self.succeeded, self.cancelled, self.dead) if p is not None]
+        return max(periods) if periods else None
 
 
 def _interval(seconds: float | None) -> timedelta | None:

@@ -133,7 +133,7 @@ def warnings(status: Status, schema: str, limits: Thresholds) -> list[StatusWarn
 
 
 def _queue_warnings(status: Status, limits: Thresholds) -> list[StatusWarning]:
-    live = [w for w in status.workers if w["state"] in ("running", "quiet") and not w["stale"]]
+    claiming = [w for w in status.workers if w["state"] == "running" and not w["stale"]]
     found = []
     for q in status.queues:
         name, due, wait = q["queue"], q["available"], q["oldest_wait"]
@@ -141,7 +141,7 @@ def _queue_warnings(status: Status, limits: Thresholds) -> list[StatusWarning]:
             found.append(StatusWarning("queue_paused", (
                 f"queue {name!r} is paused with {due:,} due jobs: "
                 f"`pgjobs queue resume {name}` when it should run again")))
-        elif due and not any(name in w["queues"] and w["state"] == "running" for w in live):
+        elif due and not any(name in w["queues"] for w in claiming):
             found.append(StatusWarning("queue_unserved", (
                 f"queue {name!r} has {due:,} due jobs and no live worker claims from it: "
                 f"start one (pgjobs worker --app ... --queues {name})")))

@@ -321,3 +321,19 @@ def test_the_cli_reads_durations() -> None:
     assert [read(v, None, None) for v in ("90", "90s", "15m", "12h", "7d", "1.5d")] == [
         90.0, 90.0, 900.0, 43_200.0, 604_800.0, 129_600.0]
     assert read("never", None, None) is None and read("0", None, None) is None
+
+
+def test_a_batch_goes_after_the_longest_finite_retention(
+    batch_app: Any, fresh_dsn: str
+) -> None:
+    app, member = batch_app
+    with psycopg.connect(fresh_dsn) as conn:
+        kept = app.batch(conn)
+        dead = kept.enqueue(member, n=1).id
+        emptied = app.batch(conn)
+    finish(fresh_dsn, [dead], state="dead", age=timedelta(days=30))
+    query(fresh_dsn, "UPDATE pgjobs.batches SET completed_at = now() - interval '10 days'")
+    forever = Retention(dead=None)
+    assert prune(fresh_dsn, forever) == Counter(batches=1)  # after a day, the longest
+    assert batch_row(fresh_dsn, emptied.id) is None
+    assert batch_row(fresh_dsn, kept.id) is not None and job_ids(fresh_dsn) == {dead}
