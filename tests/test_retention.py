@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from pgjobs._worker import WorkerConfig
 from pgjobs.testing import drain
 from tests.helpers import query, scalar
 from tests.test_cli import run
+from tests.test_enqueue import register
 
 DAY = 86_400.0
 
@@ -140,16 +142,21 @@ def test_a_job_being_changed_is_left_for_the_next_run(fresh_dsn: str) -> None:
 # -- batches ---------------------------------------------------------------------------
 
 
+NewBatch = Callable[..., tuple[pgjobs.Batch, list[int]]]
+
+
 @pytest.fixture
-def batch_app(fresh_dsn: str) -> Any:
-    app = pgjobs.App(dsn=fresh_dsn)
+def new_batch(fresh_app: pgjobs.App) -> NewBatch:
+    """Commits a batch of ``jobs`` waiting jobs (under ``parent``, if given)."""
+    member = register(fresh_app, "member")
 
-    @app.job(name="member")
-    def member(n: int) -> None:
-        pass
+    def create(jobs: int, parent: pgjobs.Batch | None = None) -> tuple[pgjobs.Batch, list[int]]:
+        with psycopg.connect(fresh_app.dsn) as conn:
+            batch = fresh_app.batch(conn, parent=parent)
+            rows = batch.enqueue_many(member, [{"n": n} for n in range(jobs)]) if jobs else []
+        return batch, [r.id for r in rows]
 
-    yield app, member
-    app.close()
+    return create
 
 
 def finish(dsn: str, ids: list[int], state: str = "succeeded",
@@ -165,11 +172,9 @@ def batch_row(dsn: str, batch_id: int) -> tuple[Any, ...] | None:
     return rows[0] if rows else None
 
 
-def test_an_unfinished_batch_keeps_its_finished_jobs(batch_app: Any, fresh_dsn: str) -> None:
-    app, member = batch_app
-    with psycopg.connect(fresh_dsn) as conn:
-        batch = app.batch(conn)
-        ids = [r.id for r in batch.enqueue_many(member, [{"n": n} for n in range(3)])]
+def test_an_unfinished_batch_keeps_its_finished_jobs(new_batch: NewBatch,
+                                                     fresh_dsn: str) -> None:
+    batch, ids = new_batch(3)
     finish(fresh_dsn, ids[:2], age=timedelta(days=3))
 
     assert prune(fresh_dsn) == Counter()  # one job of the batch still waits
@@ -194,47 +199,36 @@ def test_an_unfinished_batch_keeps_its_finished_jobs(batch_app: Any, fresh_dsn: 
 
 
 def test_a_dead_job_of_a_running_batch_can_still_be_retried(
-    batch_app: Any, fresh_dsn: str
+    new_batch: NewBatch, fresh_app: pgjobs.App, fresh_dsn: str
 ) -> None:
-    app, member = batch_app
-    with psycopg.connect(fresh_dsn) as conn:
-        batch = app.batch(conn)
-        ids = [r.id for r in batch.enqueue_many(member, [{"n": n} for n in range(2)])]
+    batch, ids = new_batch(2)
     finish(fresh_dsn, ids[:1], state="dead", age=timedelta(days=30))
     assert prune(fresh_dsn) == Counter()
     finish(fresh_dsn, ids[:1], state="available")  # the operator's retry, counted back
     assert batch_row(fresh_dsn, batch.id) == ("pending", 2, 2, 0, 0)
     query(fresh_dsn, "UPDATE pgjobs.jobs SET finished_at = NULL WHERE id = %s", ids[0])
-    drain(app)
+    drain(fresh_app)
     assert batch_row(fresh_dsn, batch.id) == ("succeeded", 2, 0, 2, 0)
 
 
 def test_a_batch_with_a_child_batch_or_a_waiting_job_is_kept(
-    batch_app: Any, fresh_dsn: str
+    new_batch: NewBatch, fresh_dsn: str
 ) -> None:
-    app, member = batch_app
-    with psycopg.connect(fresh_dsn) as conn:
-        parent = app.batch(conn)
-        waiting = parent.enqueue(member, n=1).id
-        child = app.batch(conn, parent=parent)
+    parent, waiting = new_batch(1)
+    child, _ = new_batch(0, parent=parent)
     query(fresh_dsn, "UPDATE pgjobs.batches SET completed_at = now() - interval '30 days'")
     deleted = prune(fresh_dsn)
     assert deleted["batches"] == 1  # the empty child only
     assert batch_row(fresh_dsn, child.id) is None
     assert batch_row(fresh_dsn, parent.id) is not None
-    assert job_ids(fresh_dsn) == {waiting}
+    assert job_ids(fresh_dsn) == set(waiting)
 
 
 # -- unique holds, periodic rows ---------------------------------------------------------
 
 
-def test_a_pruned_unique_job_frees_its_key(fresh_dsn: str) -> None:
-    app = pgjobs.App(dsn=fresh_dsn)
-
-    @app.job(name="once", unique_for=timedelta(hours=1))
-    def once() -> None:
-        pass
-
+def test_a_pruned_unique_job_frees_its_key(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
+    once = register(fresh_app, "once", unique_for=timedelta(hours=1))
     first = once.enqueue()
     # A hold that outlived its job's end (written by hand, or by an older version):
     # deleting the job releases it through jobs_unique_release_delete.
@@ -246,7 +240,6 @@ def test_a_pruned_unique_job_frees_its_key(fresh_dsn: str) -> None:
     assert scalar(fresh_dsn, "SELECT count(*) FROM pgjobs.unique_keys") == 0
     again = once.enqueue()
     assert not again.duplicate and again.id != first.id
-    app.close()
 
 
 def test_a_periodic_rows_last_job_may_be_pruned(fresh_dsn: str) -> None:
@@ -281,14 +274,13 @@ def test_rows_of_stopped_and_vanished_workers_go_after_their_period(fresh_dsn: s
 # -- the worker runs it ----------------------------------------------------------------------
 
 
-def test_a_worker_prunes_with_its_configured_retention(fresh_dsn: str) -> None:
-    app = pgjobs.App(dsn=fresh_dsn)
+def test_a_worker_prunes_with_its_configured_retention(fresh_app: pgjobs.App,
+                                                       fresh_dsn: str) -> None:
     old = finished_job(fresh_dsn, "succeeded", timedelta(hours=2))
     young = finished_job(fresh_dsn, "succeeded", timedelta(minutes=30))
-    drain(app, retention_succeeded=3600.0)
+    drain(fresh_app, retention_succeeded=3600.0)
     assert job_ids(fresh_dsn) == {young}
     assert old not in job_ids(fresh_dsn)
-    app.close()
 
 
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), timedelta(0)])
@@ -324,16 +316,13 @@ def test_the_cli_reads_durations() -> None:
 
 
 def test_a_batch_goes_after_the_longest_finite_retention(
-    batch_app: Any, fresh_dsn: str
+    new_batch: NewBatch, fresh_dsn: str
 ) -> None:
-    app, member = batch_app
-    with psycopg.connect(fresh_dsn) as conn:
-        kept = app.batch(conn)
-        dead = kept.enqueue(member, n=1).id
-        emptied = app.batch(conn)
-    finish(fresh_dsn, [dead], state="dead", age=timedelta(days=30))
+    kept, dead = new_batch(1)
+    emptied, _ = new_batch(0)
+    finish(fresh_dsn, dead, state="dead", age=timedelta(days=30))
     query(fresh_dsn, "UPDATE pgjobs.batches SET completed_at = now() - interval '10 days'")
     forever = Retention(dead=None)
     assert prune(fresh_dsn, forever) == Counter(batches=1)  # after a day, the longest
     assert batch_row(fresh_dsn, emptied.id) is None
-    assert batch_row(fresh_dsn, kept.id) is not None and job_ids(fresh_dsn) == {dead}
+    assert batch_row(fresh_dsn, kept.id) is not None and job_ids(fresh_dsn) == set(dead)

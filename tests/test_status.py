@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 
 import pgjobs
 from pgjobs._status import duration
 from pgjobs.testing import drain
 from tests.helpers import query
 from tests.test_cli import run
+from tests.test_enqueue import register
 
 
 def status(dsn: str, *flags: str) -> tuple[int, dict[str, Any]]:
@@ -138,22 +137,9 @@ def test_an_overdue_schedule_and_a_paused_one(fresh_dsn: str) -> None:
 # -- the xmin horizon (RELIABILITY.md: a long-held snapshot elsewhere pins vacuum) ---------
 
 
-@pytest.fixture
-def churn_app(fresh_dsn: str) -> Iterator[tuple[pgjobs.App, pgjobs.Task[..., Any]]]:
-    app = pgjobs.App(dsn=fresh_dsn)
-
-    @app.job(name="noop")
-    def noop(n: int) -> None:
-        pass
-
-    yield app, noop
-    app.close()
-
-
-def test_a_held_snapshot_is_named_while_jobs_churn(
-    churn_app: tuple[pgjobs.App, pgjobs.Task[..., Any]], fresh_dsn: str
-) -> None:
-    app, noop = churn_app
+def test_a_held_snapshot_is_named_while_jobs_churn(fresh_app: pgjobs.App,
+                                                   fresh_dsn: str) -> None:
+    app, noop = fresh_app, register(fresh_app, "noop")
     report_conn = psycopg.connect(fresh_dsn, application_name="nightly-report")
     with report_conn:
         report_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
