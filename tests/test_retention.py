@@ -326,3 +326,27 @@ def test_a_batch_goes_after_the_longest_finite_retention(
     assert prune(fresh_dsn, forever) == Counter(batches=1)  # after a day, the longest
     assert batch_row(fresh_dsn, emptied.id) is None
     assert batch_row(fresh_dsn, kept.id) is not None and job_ids(fresh_dsn) == set(dead)
+
+
+def test_workers_pruning_at_once_delete_each_job_once(fresh_dsn: str) -> None:
+    query(fresh_dsn, "INSERT INTO pgjobs.jobs (task, state, finished_at) "
+                     "SELECT 't', 'succeeded', now() - interval '2 days' "
+                     "FROM generate_series(1, 300)")
+    queries = pgjobs.App(dsn=fresh_dsn).queries
+
+    async def race() -> list[Counter[str]]:
+        conns = [await psycopg.AsyncConnection.connect(fresh_dsn, autocommit=True)
+                 for _ in range(4)]
+        try:
+            return list(await asyncio.gather(
+                *(Pruner(queries, Retention(), limit=50).run_once(c) for c in conns)))
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    deleted = 0
+    for _ in range(12):  # at least 50 per round while jobs are left: 6 rounds suffice
+        rounds = asyncio.run(race())
+        assert all(n in (0, 50) for run in rounds for n in run.values()), rounds
+        deleted += sum(run["succeeded"] for run in rounds)
+    assert deleted == 300 and job_ids(fresh_dsn) == set()
