@@ -88,15 +88,15 @@ class WorkerConfig:
     """Most jobs claimed ahead of free slots, leased and held until a slot frees. Used only
     while jobs finish faster than a claim round trip (see ``ClaimAhead``), so long jobs are
     never held back from other workers. 0: claim only for free slots."""
-    retention_succeeded: float | None = 86_400.0
+    retention_succeeded: float | timedelta | None = 86_400.0
     """Seconds succeeded jobs are kept after they finish (a day); None keeps them forever.
     Jobs of a batch are kept until the batch has been complete this long."""
-    retention_cancelled: float | None = 86_400.0
+    retention_cancelled: float | timedelta | None = 86_400.0
     """Seconds cancelled jobs are kept (a day); None: forever."""
-    retention_dead: float | None = 7 * 86_400.0
+    retention_dead: float | timedelta | None = 7 * 86_400.0
     """Seconds dead and expired jobs are kept (a week, time to look and retry); None:
     forever."""
-    retention_workers: float | None = 86_400.0
+    retention_workers: float | timedelta | None = 86_400.0
     """Seconds a ``workers`` row is kept after its last heartbeat (stopped workers, and
     ones that died without saying so); None: forever. At least three leases."""
 
@@ -123,21 +123,29 @@ class WorkerConfig:
                      "retention_workers"):
             if isinstance(getattr(self, name), timedelta):
                 object.__setattr__(self, name, getattr(self, name).total_seconds())
-        for name in ("retention_succeeded", "retention_cancelled", "retention_dead"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, int | float) or not value > 0):
                 raise InvalidOption(
-                    f"{name} must be a positive number of seconds, or None to keep those "
-                    f"jobs forever, not {value!r}")
-        if self.retention_workers is not None and not self.retention_workers >= 3 * self.lease:
+                    f"{name} must be a positive number of seconds (or a timedelta), or None "
+                    f"to keep those rows forever, not {value!r}")
+        workers = self.retention_workers
+        if workers is not None and not _seconds(workers) >= 3 * self.lease:
             raise InvalidOption(
                 f"retention_workers must be at least three leases ({3 * self.lease:g}s), so "
                 f"a live worker's row is never deleted, or None; not {self.retention_workers!r}")
 
     @property
     def retention(self) -> Retention:
-        return Retention(self.retention_succeeded, self.retention_cancelled,
-                         self.retention_dead, self.retention_workers)
+        """The retention periods in seconds (``__post_init__`` turned timedeltas into
+        seconds)."""
+        periods = (self.retention_succeeded, self.retention_cancelled, self.retention_dead,
+                   self.retention_workers)
+        return Retention(*(None if p is None else float(_seconds(p)) for p in periods))
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 class Worker:

@@ -283,10 +283,11 @@ def test_a_worker_prunes_with_its_configured_retention(fresh_app: pgjobs.App,
     assert old not in job_ids(fresh_dsn)
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("nan"), timedelta(0)])
-def test_a_retention_must_be_positive_or_none(value: Any) -> None:
-    with pytest.raises(pgjobs.PgJobsError, match="positive number of seconds, or None"):
-        WorkerConfig(retention_dead=value)
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), timedelta(0), "7d", True])
+@pytest.mark.parametrize("name", ["retention_dead", "retention_workers"])
+def test_a_retention_must_be_positive_or_none(name: str, value: Any) -> None:
+    with pytest.raises(pgjobs.PgJobsError, match="positive number of seconds"):
+        WorkerConfig(**{name: value})
 
 
 def test_a_retention_may_be_a_timedelta() -> None:
