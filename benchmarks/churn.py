@@ -6,8 +6,9 @@ A producer enqueues ``--rate`` no-op jobs per second (batches of 10, one transac
 each) while a worker (concurrency 10) runs them; every ``--every`` seconds it prints the
 jobs table's live and dead tuples, autovacuum runs and the size of each relation. What
 should stay bounded: dead tuples and jobs_claim_idx (available rows only). What grows:
-the heap, the primary key and jobs_finished_idx, by one row per finished job, because
-finished jobs are kept (pgjobs does not prune them yet). Scratch schema, dropped.
+the heap, the primary key and jobs_finished_state_idx, by one row per finished job, for as
+long as finished jobs are kept (a day by default; docs/operations.md). Scratch schema,
+dropped.
 """
 
 from __future__ import annotations

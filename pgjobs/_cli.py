@@ -133,6 +133,39 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
     return tuple(q.strip() for q in value.split(",") if q.strip())
 
 
+class Duration(click.ParamType[float | None]):
+    """Seconds, or a number with a unit (``90s``, ``15m``, ``12h``, ``7d``); ``never``
+    (or ``0``) is None: keep forever."""
+
+    name = "duration"
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text in ("never", "0"):
+            return None
+        unit = text[-1:]
+        number, factor = (text[:-1], self.units.get(unit)) if unit.isalpha() else (text, 1)
+        try:
+            seconds = float(number) * factor if factor else -1.0
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            self.fail(f"{value!r} is not a duration: give seconds or a number with s, m, h "
+                      "or d (for example 12h or 7d), or 'never' to keep forever", param, ctx)
+        return seconds
+
+
+def _retention_option(name: str, default: str, what: str) -> Callable[[FC], FC]:
+    envvar = "PGJOBS_" + name.removeprefix("--").replace("-", "_").upper()
+    return click.option(name, type=Duration(), default=default, show_default=True,
+                        envvar=envvar, show_envvar=True,
+                        help=f"How long {what} are kept ('never': forever).")
+
+
 @cli.command()
 @click.option("--app", "app_spec", required=True, envvar="PGJOBS_APP", show_envvar=True,
               metavar="PKG.MODULE:APP", help="The pgjobs.App whose tasks this worker runs.")
@@ -173,6 +206,12 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
               show_default=True, envvar="PGJOBS_SUMMARY_INTERVAL", show_envvar=True,
               help="Seconds between INFO lines counting finished jobs (0: none). Each "
                    "success is logged at DEBUG, retries at INFO, deaths at WARNING.")
+@_retention_option("--retention-succeeded", "1d",
+                   "succeeded jobs (and jobs of a batch, after the batch completes)")
+@_retention_option("--retention-cancelled", "1d", "cancelled jobs")
+@_retention_option("--retention-dead", "7d", "dead and expired jobs")
+@_retention_option("--retention-workers", "1d",
+                   "rows of workers after their last heartbeat (stopped or died)")
 @click.option("--burst", is_flag=True, envvar="PGJOBS_BURST", show_envvar=True,
               help="Exit once no due job is left.")
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGJOBS_LOG_LEVEL",
@@ -189,7 +228,9 @@ def _queues(value: str | None) -> tuple[str, ...] | None:
 def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, lease: float,
            shutdown_timeout: float, poll_interval: float, recovery_budget: int,
            reclaim_interval: float | None, listen: bool, pgbouncer: bool,
-           listen_dsn: str | None, prefetch: int, summary_interval: float, burst: bool,
+           listen_dsn: str | None, prefetch: int, summary_interval: float,
+           retention_succeeded: float | None, retention_cancelled: float | None,
+           retention_dead: float | None, retention_workers: float | None, burst: bool,
            log_level: str, processes: int | None, start_timeout: float) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
 
@@ -220,6 +261,16 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
     if listen_dsn:
         app.config = replace(app.config, listen_dsn=listen_dsn)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
+    # Built before any process starts: bad settings fail here, once, with their message.
+    config = WorkerConfig(
+        queues=_queues(queues), concurrency=concurrency, lease=lease,
+        shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
+        recovery_budget=recovery_budget, reclaim_interval=reclaim_interval, listen=listen,
+        prefetch=prefetch, summary_interval=summary_interval,
+        retention_succeeded=retention_succeeded,
+        retention_cancelled=retention_cancelled, retention_dead=retention_dead,
+        retention_workers=retention_workers,
+    )
     if processes is not None:
         from . import _supervisor
 
@@ -235,12 +286,6 @@ def worker(obj: Context, app_spec: str, queues: str | None, concurrency: int, le
             processes=processes, dsn=app.dsn, schema=app.config.schema,
             start_timeout=start_timeout, burst=burst,
         )))
-    config = WorkerConfig(
-        queues=_queues(queues), concurrency=concurrency, lease=lease,
-        shutdown_timeout=shutdown_timeout, poll_interval=poll_interval, burst=burst,
-        recovery_budget=recovery_budget, reclaim_interval=reclaim_interval, listen=listen,
-        prefetch=prefetch, summary_interval=summary_interval,
-    )
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.
     if any(t.name.startswith("pgjobs-job") and t.is_alive() for t in threading.enumerate()):
@@ -257,6 +302,8 @@ def _child_flags(ctx: click.Context, env: dict[str, str]) -> list[str]:
         if not isinstance(param, click.Option) or param.name in SUPERVISOR_ONLY:
             continue
         value = ctx.params.get(param.name or "")
+        if value is None and isinstance(param.type, Duration) and param.default is not None:
+            value = "never"  # given as never: not the default
         if value is None:
             continue
         if "dsn" in (param.name or "") and isinstance(param.envvar, str):
@@ -439,13 +486,14 @@ def dev_destroy(folder: str) -> None:
 
 
 def _add_admin_commands() -> None:
-    from ._cli_admin import periodic, queue, roles
+    from ._cli_admin import periodic, queue, roles, status
     from ._cli_jobs import jobs
 
     cli.add_command(jobs)
     cli.add_command(periodic)
     cli.add_command(queue)
     cli.add_command(roles)
+    cli.add_command(status)
 
 
 _add_admin_commands()

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import psycopg
@@ -97,6 +101,85 @@ class LimitKeyPruner:
         self.next_run = time.monotonic() + self.interval
         cursor = await conn.execute(self.queries.limit_key_prune, {"limit": self.limit})
         return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished jobs and dead worker rows are kept, in seconds (None: forever)."""
+
+    succeeded: float | None = 86_400.0
+    cancelled: float | None = 86_400.0
+    dead: float | None = 7 * 86_400.0
+    """Dead and expired jobs."""
+    workers: float | None = 86_400.0
+
+    def longest(self) -> float | None:
+        """The longest finite job retention (None: every job state is kept forever). A
+        batch row outlives it; one whose jobs are kept forever stays with them."""
+        periods = [p for p in (self.succeeded, self.cancelled, self.dead) if p is not None]
+        return max(periods) if periods else None
+
+
+def _interval(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def prune_lock(schema: str) -> int:
+    """The advisory lock key of one schema's pruner (two schemas never share one)."""
+    return zlib.crc32(f"pgjobs prune {schema}".encode())
+
+
+class Pruner:
+    """Deletes finished jobs past their retention, then batches left empty, then worker
+    rows past theirs, in bounded statements. Only the worker holding the per-schema
+    advisory lock deletes at a time; the others find it taken and do nothing. A run that
+    hits the limit runs again a second later, so a backlog drains in steps, each one
+    short, without delaying the reclaim that shares this connection for long."""
+
+    def __init__(self, queries: Queries, retention: Retention, interval: float = 60.0,
+                 limit: int = 5000) -> None:
+        self.queries = queries
+        self.retention = retention
+        self.interval = interval
+        self.limit = limit
+        self.next_run = 0.0
+        lock = prune_lock(queries.schema)
+        self.job_params = {
+            "succeeded": _interval(retention.succeeded),
+            "cancelled": _interval(retention.cancelled),
+            "dead": _interval(retention.dead), "expired": _interval(retention.dead),
+            "limit": limit, "lock": lock,
+        }
+        longest = retention.longest()
+        self.batch_params = None if longest is None else {
+            "keep": _interval(longest), "limit": limit, "lock": lock}
+        self.worker_params = None if retention.workers is None else {
+            "keep": _interval(retention.workers), "limit": limit}
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_run
+
+    async def run_once(self, conn: psycopg.AsyncConnection[Any]) -> Counter[str]:
+        """One bounded pass; returns the rows deleted by kind (job states, batches,
+        workers)."""
+        self.next_run = time.monotonic() + self.interval
+        deleted: Counter[str] = Counter()
+        cursor = await conn.execute(self.queries.job_prune, self.job_params)
+        deleted.update(str(row[0]) for row in await cursor.fetchall())
+        if any(n >= self.limit for n in deleted.values()):
+            self.next_run = time.monotonic() + 1.0
+        if self.batch_params is not None:
+            cursor = await conn.execute(self.queries.batch_prune, self.batch_params)
+            deleted["batches"] = max(cursor.rowcount, 0)
+        if self.worker_params is not None:
+            cursor = await conn.execute(self.queries.worker_prune, self.worker_params)
+            for worker_id, host, pid, state in await cursor.fetchall():
+                log.info("pruned worker %s (%s pid %s, %s)", worker_id, host, pid, state)
+                deleted["workers"] += 1
+        deleted = +deleted
+        if deleted:
+            log.info("pruned %s", ", ".join(f"{n} {kind}" for kind, n in sorted(deleted.items())))
+        return deleted
 
 
 class Maintenance:

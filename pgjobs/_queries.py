@@ -597,11 +597,84 @@ WHERE key IN (SELECT key FROM {schema}.enqueue_receipts
               LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 """
 
+# Deletes finished jobs past their state's retention, oldest first, at most %(limit)s per
+# state per call (NULL retention: that state is kept forever).
+# - One worker at a time: the advisory lock (%(lock)s, one key per schema) lasts for this
+#   statement's transaction; a worker that does not get it deletes nothing and reads
+#   nothing (the uncorrelated sub-select is a one-time filter, evaluated before any scan).
+# - jobs_finished_state_idx: each state's range ends at that state's cutoff, so a week of
+#   kept dead jobs is never stepped over to reach the succeeded ones. No ORDER BY: every
+#   row in range is due, and without a sort the scan stops at the limit.
+# - A job of a batch is kept until its batch has been complete (every job ran) for the
+#   same period: while a batch runs, its finished jobs stay readable and an operator can
+#   still retry its dead ones. The counters live in the batch row, so deleting a job never
+#   changes them (the triggers fire on UPDATE OF state only).
+# - FOR UPDATE SKIP LOCKED: never waits; a row an operator is changing right now is left
+#   for the next run, and the state is re-checked on the row's latest version.
+# - Deleting a job releases a unique hold it still names (jobs_unique_release_delete).
+job_prune = """
+WITH keep (state, period) AS (
+    VALUES ('succeeded', %(succeeded)s::interval), ('cancelled', %(cancelled)s::interval),
+           ('dead', %(dead)s::interval), ('expired', %(expired)s::interval)
+),
+doomed AS (
+    SELECT old.id
+    FROM keep
+    CROSS JOIN LATERAL (
+        SELECT job.id FROM {schema}.jobs AS job
+        WHERE job.state = keep.state AND job.finished_at IS NOT NULL
+          AND job.finished_at < now() - keep.period
+          AND (job.batch_id IS NULL OR NOT EXISTS (
+              SELECT FROM {schema}.batches AS b
+              WHERE b.id = job.batch_id
+                AND (b.completed_at IS NULL OR b.completed_at >= now() - keep.period)))
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS old
+    WHERE keep.period IS NOT NULL AND (SELECT pg_try_advisory_xact_lock(%(lock)s))
+)
+DELETE FROM {schema}.jobs AS job
+USING doomed WHERE job.id = doomed.id
+RETURNING job.state
+"""
+
+# Batches that have been complete for %(keep)s and have no job and no child batch left
+# (their finished jobs were pruned first; a batch with a job still retrying, or a parent
+# whose child batch is still there, stays). Same lock as job_prune.
+batch_prune = """
+DELETE FROM {schema}.batches
+WHERE id IN (
+    SELECT b.id FROM {schema}.batches AS b
+    WHERE b.completed_at < now() - %(keep)s::interval
+      AND NOT EXISTS (SELECT FROM {schema}.jobs AS job WHERE job.batch_id = b.id)
+      AND NOT EXISTS (SELECT FROM {schema}.batches AS c WHERE c.parent_id = b.id)
+      AND (SELECT pg_try_advisory_xact_lock(%(lock)s))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+# Rows of workers whose last heartbeat is older than %(keep)s: stopped ones, and ones
+# that died without saying so (a live worker beats every lease/3). Their jobs were
+# reclaimed long before (jobs.worker_id is not a foreign key).
+worker_prune = """
+DELETE FROM {schema}.workers
+WHERE id IN (
+    SELECT id FROM {schema}.workers
+    WHERE heartbeat_at < now() - %(keep)s::interval
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, host, pid, state
+"""
+
 # -- workers --------------------------------------------------------------------------
 
+# meta.lease: `pgjobs status` calls a worker stale once it has been silent that long.
 worker_register = """
-INSERT INTO {schema}.workers (host, pid, queues, concurrency, state, version)
-VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'running', %(version)s)
+INSERT INTO {schema}.workers (host, pid, queues, concurrency, state, version, meta)
+VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'running', %(version)s,
+        jsonb_build_object('lease', %(lease)s::float8))
 RETURNING id
 """
 
@@ -765,6 +838,89 @@ WHERE key IN (
 )
 """
 
+# -- status (`pgjobs status`) -----------------------------------------------------------
+
+# Per queue: due, scheduled (future run_at, never run), retrying (future run_at after a
+# failed attempt), running and dead jobs, and how long the oldest due job has waited.
+# Reads the live backlog and the dead jobs kept by retention, never the succeeded ones.
+status_queues = """
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS available,
+           count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt = 0)
+               AS scheduled,
+           count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt > 0)
+               AS retrying,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'dead') AS dead,
+           now() - min(run_at) FILTER (WHERE state = 'available' AND run_at <= now())
+               AS oldest_wait
+    FROM {schema}.jobs
+    WHERE state IN ('available', 'running', 'dead')
+    GROUP BY queue
+)
+SELECT coalesce(q.name, c.queue), coalesce(q.paused, false), coalesce(c.available, 0),
+       coalesce(c.scheduled, 0), coalesce(c.retrying, 0), coalesce(c.running, 0),
+       coalesce(c.dead, 0), c.oldest_wait
+FROM counts AS c
+FULL JOIN {schema}.queues AS q ON q.name = c.queue
+ORDER BY 1
+"""
+
+# Workers that have not stopped (and stopped ones from the last hour), with the jobs
+# each holds now; silent = time since its last heartbeat, lease = the lease it runs with.
+status_workers = """
+SELECT w.id, w.host, w.pid, w.state, w.queues, w.concurrency, w.started_at,
+       w.heartbeat_at, now() - w.heartbeat_at AS silent,
+       make_interval(secs => coalesce((w.meta->>'lease')::float8, 30)) AS lease,
+       (SELECT count(*) FROM {schema}.jobs AS job
+        WHERE job.state = 'running' AND job.worker_id = w.id) AS running
+FROM {schema}.workers AS w
+WHERE w.state <> 'stopped' OR w.heartbeat_at > now() - interval '1 hour'
+ORDER BY w.id
+"""
+
+# -- status: PostgreSQL's own views (no pgjobs table; the schema is a parameter) --------
+
+# Dead and live row estimates of pgjobs' tables, and when vacuum last ran on them. A table
+# that has not been vacuumed or analysed yet has no row here.
+status_tables = """
+SELECT relname, n_live_tup, n_dead_tup, greatest(last_autovacuum, last_vacuum),
+       autovacuum_count + vacuum_count
+FROM pg_stat_user_tables
+WHERE schemaname = %(schema)s
+ORDER BY n_dead_tup DESC, relname
+"""
+
+# What holds back the xmin horizon of this database, oldest first: vacuum cannot remove a
+# row version that any of these may still see, on any table, pgjobs' included.
+# - backends with a snapshot (backend_xmin) or an open transaction, in this database (a
+#   backend of another database does not hold back this one's tables);
+# - prepared transactions, which survive restarts until committed or rolled back;
+# - replication slots with an xmin (a standby with hot_standby_feedback, or a logical slot
+#   whose consumer stopped reading).
+status_horizon = """
+SELECT 'backend' AS kind, pid::text AS name,
+       coalesce(nullif(application_name, ''), backend_type), state, usename,
+       now() - coalesce(xact_start, query_start) AS age, age(backend_xmin) AS xmin_age,
+       left(query, 120) AS query
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND (backend_xmin IS NOT NULL OR xact_start IS NOT NULL)
+UNION ALL
+SELECT 'prepared transaction', gid, NULL, NULL, owner, now() - prepared,
+       age(transaction), NULL
+FROM pg_prepared_xacts
+WHERE database = current_database()
+UNION ALL
+SELECT 'replication slot', slot_name, NULL, CASE WHEN active THEN 'active' ELSE 'inactive' END,
+       NULL, NULL, greatest(age(xmin), age(catalog_xmin)), NULL
+FROM pg_replication_slots
+WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL
+ORDER BY xmin_age DESC NULLS LAST, age DESC NULLS LAST
+LIMIT 10
+"""
+
 # -- inspection -------------------------------------------------------------------------
 
 job_get = """
@@ -909,7 +1065,18 @@ NAMES = (
     "job_list",
     "job_cancel",
     "job_retry",
+    "job_prune",
+    "batch_prune",
+    "worker_prune",
+    "status_queues",
+    "status_workers",
+    "status_tables",
+    "status_horizon",
 )
+
+CATALOG_NAMES = ("status_tables", "status_horizon")
+"""Statements that read only PostgreSQL's statistics views: no ``{schema}`` placeholder
+(the schema, where needed, is the ``%(schema)s`` parameter)."""
 
 
 @cache
@@ -963,3 +1130,10 @@ class Queries:
     job_list: sql.Composed
     job_cancel: sql.Composed
     job_retry: sql.Composed
+    job_prune: sql.Composed
+    batch_prune: sql.Composed
+    worker_prune: sql.Composed
+    status_queues: sql.Composed
+    status_workers: sql.Composed
+    status_tables: sql.Composed
+    status_horizon: sql.Composed

@@ -31,23 +31,24 @@ ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # The worker also enqueues (periodic ticks, batch callbacks, handlers enqueueing more work
 # through the worker's own DSN), so it holds everything the app holds.
 GRANTS: tuple[tuple[str, str, str, str], ...] = (
-    # enqueue inserts; the app reads its jobs back; only workers change them. No DELETE for
-    # anyone: pgjobs never deletes a job (an operator does, as the owner).
-    ("TABLE", "jobs", "SELECT, INSERT", "SELECT, INSERT, UPDATE"),
+    # enqueue inserts; the app reads its jobs back; only workers change them, and delete
+    # finished ones past their retention (the pruner; docs/operations.md).
+    ("TABLE", "jobs", "SELECT, INSERT", "SELECT, INSERT, UPDATE, DELETE"),
     # enqueue with a unique key or into a batch draws job ids itself (nextval).
     ("SEQUENCE", "jobs_id_seq", "USAGE", "USAGE"),
     # a unique enqueue takes over an expired hold (ON CONFLICT DO UPDATE); the worker's
     # trigger releases holds and maintenance prunes expired ones (DELETE).
     ("TABLE", "unique_keys", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE, DELETE"),
     # app.batch() inserts, registers callbacks and counts jobs in (UPDATE); completions
-    # count them out.
-    ("TABLE", "batches", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE"),
+    # count them out; the pruner deletes emptied, long-complete batches.
+    ("TABLE", "batches", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE, DELETE"),
     # reliable push writes and reads receipts; maintenance prunes them after a day (its
     # FOR UPDATE SKIP LOCKED needs UPDATE; no statement updates a receipt).
     ("TABLE", "enqueue_receipts", "SELECT, INSERT", "SELECT, INSERT, UPDATE, DELETE"),
     # workers register schedules and advance ticks.
     ("TABLE", "periodic", "SELECT", "SELECT, INSERT, UPDATE"),
-    ("TABLE", "workers", "SELECT", "SELECT, INSERT, UPDATE"),
+    # workers register themselves; the pruner deletes rows of long-gone workers.
+    ("TABLE", "workers", "SELECT", "SELECT, INSERT, UPDATE, DELETE"),
     # the limited claim counts starts on a queue's row; `pgjobs queue pause|limit` upserts.
     ("TABLE", "queues", "SELECT", "SELECT, INSERT, UPDATE"),
     # per-key limits: upserted by the claim, pruned by maintenance.

@@ -47,7 +47,14 @@ from ._executor import (
 )
 from ._job import ClaimedJob, JobContext, lenient_json_loads
 from ._limits import ClaimRouter
-from ._maintenance import LimitKeyPruner, Maintenance, StepLike, default_steps
+from ._maintenance import (
+    LimitKeyPruner,
+    Maintenance,
+    Pruner,
+    Retention,
+    StepLike,
+    default_steps,
+)
 from ._periodic import PeriodicEnqueuer
 from ._revision import HEAD as HEAD_REVISION
 
@@ -101,6 +108,17 @@ class WorkerConfig:
     """Seconds between INFO summary lines (outcome counts and rate since the last one),
     written only when jobs finished. Each success is a DEBUG line; retries are INFO and
     deaths WARNING. 0: no summary."""
+    retention_succeeded: float | timedelta | None = 86_400.0
+    """Seconds succeeded jobs are kept after they finish (a day); None keeps them forever.
+    Jobs of a batch are kept until the batch has been complete this long."""
+    retention_cancelled: float | timedelta | None = 86_400.0
+    """Seconds cancelled jobs are kept (a day); None: forever."""
+    retention_dead: float | timedelta | None = 7 * 86_400.0
+    """Seconds dead and expired jobs are kept (a week, time to look and retry); None:
+    forever."""
+    retention_workers: float | timedelta | None = 86_400.0
+    """Seconds a ``workers`` row is kept after its last heartbeat (stopped workers, and
+    ones that died without saying so); None: forever. At least three leases."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
@@ -121,6 +139,33 @@ class WorkerConfig:
         for name in ("shutdown_timeout", "poll_interval", "summary_interval"):
             if getattr(self, name) < 0:
                 raise InvalidOption(f"{name} cannot be negative")
+        for name in ("retention_succeeded", "retention_cancelled", "retention_dead",
+                     "retention_workers"):
+            if isinstance(getattr(self, name), timedelta):
+                object.__setattr__(self, name, getattr(self, name).total_seconds())
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, int | float) or not value > 0):
+                raise InvalidOption(
+                    f"{name} must be a positive number of seconds (or a timedelta), or None "
+                    f"to keep those rows forever, not {value!r}")
+        workers = self.retention_workers
+        if workers is not None and not _seconds(workers) >= 3 * self.lease:
+            raise InvalidOption(
+                f"retention_workers must be at least three leases ({3 * self.lease:g}s), so "
+                f"a live worker's row is never deleted, or None; not {self.retention_workers!r}")
+
+    @property
+    def retention(self) -> Retention:
+        """The retention periods in seconds (``__post_init__`` turned timedeltas into
+        seconds)."""
+        periods = (self.retention_succeeded, self.retention_cancelled, self.retention_dead,
+                   self.retention_workers)
+        return Retention(*(None if p is None else float(_seconds(p)) for p in periods))
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 class Worker:
@@ -240,7 +285,8 @@ class Worker:
     def _maintenance(self, connector: Connector) -> Maintenance:
         # A burst worker (drain, then exit) enqueues no periodic ticks: tests that drain
         # must not find cron jobs appearing under them.
-        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries)]
+        steps: list[StepLike] = [*self.maintenance, LimitKeyPruner(self.queries),
+                                 Pruner(self.queries, self.config.retention)]
         if not self.config.burst:
             steps.append(PeriodicEnqueuer(self.app))
         return Maintenance(connector, steps)
@@ -278,6 +324,7 @@ class Worker:
         params = {
             "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
             "concurrency": self.config.concurrency, "version": _version(),
+            "lease": self.config.lease,
         }
         while True:
             try:

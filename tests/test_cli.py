@@ -272,7 +272,8 @@ def test_a_supervised_process_gets_every_worker_option_back() -> None:
 
     given = ["--app", "shop.tasks:app", "--processes", "3", "--queues", "mail,sms",
              "--concurrency", "7", "--no-listen", "--burst", "--lease", "12.5",
-             "--summary-interval", "0"]
+             "--summary-interval", "0", "--retention-dead", "never",
+             "--retention-succeeded", "2h"]
     parent = worker.make_context("worker", list(given))
     env: dict[str, str] = {}
     flags = _child_flags(parent, env)
@@ -287,3 +288,5 @@ def test_a_supervised_process_gets_every_worker_option_back() -> None:
         child.params.pop(name)
     assert child.params == expected
     assert child.params["listen"] is False and child.params["burst"] is True
+    assert child.params["retention_dead"] is None  # never, not the default week
+    assert child.params["retention_succeeded"] == 7200.0

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import pgjobs
-from pgjobs import _migrate
+from pgjobs import _migrate, _revision
 from pgjobs._cli import cli
 from pgjobs.testing import drain
 from tests.helpers import job_state, query, scalar, wait_until
@@ -209,7 +209,7 @@ def test_migration_0003_downgrades_and_upgrades_again(empty_dsn: str) -> None:
     assert scalar(empty_dsn, "SELECT count(*) FROM information_schema.columns WHERE "
                              "table_schema = 'pgjobs' AND column_name = 'concurrency_key'") == 0
     _migrate.upgrade(empty_dsn)
-    assert scalar(empty_dsn, "SELECT version_num FROM pgjobs.alembic_version") == "0003"
+    assert scalar(empty_dsn, "SELECT version_num FROM pgjobs.alembic_version") == _revision.HEAD
 
 
 # -- four worker processes ---------------------------------------------------------------

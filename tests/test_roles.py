@@ -208,8 +208,8 @@ def test_a_worker_as_the_worker_role_runs_everything(deployment: Deployment) -> 
 
 def test_the_worker_role_cannot_own_or_destroy_anything(deployment: Deployment) -> None:
     for statement in [
-        "DELETE FROM pgjobs.jobs",
-        "DELETE FROM pgjobs.batches",
+        "DELETE FROM pgjobs.periodic",  # (jobs, batches, workers: the pruner deletes)
+        "DELETE FROM pgjobs.queues",
         "TRUNCATE pgjobs.jobs",
         "DROP TABLE pgjobs.jobs",
         "ALTER TABLE pgjobs.jobs ADD COLUMN x int",
@@ -226,7 +226,7 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
     deployment: Deployment,
 ) -> None:
     worker_role = scalar(deployment.worker, "SELECT current_user")
-    query(deployment.admin, sql.SQL("GRANT DELETE, TRUNCATE ON pgjobs.jobs TO {}").format(
+    query(deployment.admin, sql.SQL("GRANT DELETE, TRUNCATE ON pgjobs.queues TO {}").format(
         sql.Identifier(worker_role)).as_string(None))
     app_role = scalar(deployment.app, "SELECT current_user")
     owner_role = scalar(deployment.owner, "SELECT current_user")
@@ -234,7 +234,8 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
         "--dsn", deployment.admin, "roles", "--owner", owner_role, "--app", app_role,
         "--worker", worker_role])
     assert result.exit_code == 0, result.output
-    refused(deployment.worker, "DELETE FROM pgjobs.jobs")
+    refused(deployment.worker, "DELETE FROM pgjobs.queues")
+    refused(deployment.worker, "TRUNCATE pgjobs.queues")
     # Migrating again as the owner (a no-op at head) keeps working.
     _migrate.upgrade(deployment.owner)
 
