@@ -18,19 +18,19 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "newsletter" / "demo.p
 SUBSCRIBERS = 300
 
 
+def run_demo(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(DEMO), "--dsn", dsn, *args],
+                          capture_output=True, text=True, timeout=180)
+
+
 def test_every_subscriber_gets_each_newsletter_once_through_a_deploy_and_a_crash(
     fresh_dsn: str,
 ) -> None:
     # A sink that takes 0.2 s per message and 2 x 4 slots: about 40 deliveries a second,
     # so the 600 of them outlast the rolling restart and the SIGKILL comes mid-run.
-    demo = subprocess.run(
-        [sys.executable, str(DEMO), "--dsn", fresh_dsn, "--subscribers", str(SUBSCRIBERS),
-         "--newsletters", "2", "--concurrency", "4", "--send-latency", "0.2",
-         "--timeout", "100"],
-        capture_output=True, text=True, timeout=180,
-    )
-    output = demo.stdout + demo.stderr
-    assert demo.returncode == 0, output
+    demo = run_demo(fresh_dsn, "--subscribers", str(SUBSCRIBERS), "--newsletters", "2",
+                    "--concurrency", "4", "--send-latency", "0.2", "--timeout", "100")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "\x1b" not in demo.stdout  # not a terminal: no control codes in the log
     assert ">> rolling restart done" in demo.stdout and ">> SIGKILL to worker" in demo.stdout
 
@@ -50,3 +50,12 @@ def test_every_subscriber_gets_each_newsletter_once_through_a_deploy_and_a_crash
         ("succeeded", 2 * SUBSCRIBERS)]
     assert query(fresh_dsn, "SELECT state FROM pgjobs.batches ORDER BY id") == [
         ("succeeded",), ("succeeded",)]
+
+
+def test_a_failed_check_prints_the_table_and_exits_1(fresh_dsn: str) -> None:
+    # No run finishes within 0 s: the workers are stopped after the first progress line.
+    demo = run_demo(fresh_dsn, "--subscribers", "20", "--timeout", "0")
+    assert demo.returncode == 1, demo.stdout + demo.stderr
+    assert "newsletter  status  recipients  deliveries  duplicates  missing" in demo.stdout
+    assert "FAIL finished within 0 s" in demo.stdout
+    assert "demo FAILED" in demo.stderr and "the workers' log is" in demo.stderr
