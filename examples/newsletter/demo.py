@@ -330,7 +330,11 @@ def main() -> int:
         print(f"\ndemo FAILED: {len(failures)} check(s) did not hold; the workers' log is "
               f"{log}", file=sys.stderr)
         return 1
-    print(f"All checks hold. The rows stay in database {dsn!r}; the workers' log is {log}.")
+    if args.dsn:  # the log went to a temporary file: kept only when a check failed
+        log.unlink()
+        print(f"All checks hold. The rows stay in database {dsn!r}.")
+    else:
+        print(f"All checks hold. The rows stay in database {dsn!r}; the workers' log is {log}.")
     return 0
 
 
