@@ -8,7 +8,7 @@ PG15   := /usr/lib/postgresql/15/bin
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test test-pg15 lint demo chaos bench peers clean
+.PHONY: help install system-deps test test-pg15 lint demo quickstart chaos bench peers clean
 
 help: ## Show this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff check pgjobs tests migrations examples
 	$(BIN)/mypy
 
-demo: install ## Start the embedded PostgreSQL, migrate, and run the demo
+demo: install ## The newsletter demo: 10,000 subscribers, a rolling restart, a SIGKILL, a count
+	$(BIN)/python examples/newsletter/demo.py $(DEMO_ARGS)
+
+quickstart: install ## The quickstart demo: transactional enqueue and a worker, row by row
 	$(BIN)/python examples/quickstart/demo.py
 
 chaos: install ## The fault-injection suite at full size

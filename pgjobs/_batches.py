@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from psycopg import pq
+
 from ._errors import BatchFinished, ConfigurationError
 from ._job import row_dict
 
@@ -126,9 +128,10 @@ class Batch:
 def create_batch(
     app: App, conn: psycopg.Connection[Any], description: str | None, parent: int | None = None
 ) -> Batch:
-    if conn.autocommit:
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
         # Each statement would commit on its own: the still-empty batch would succeed at
-        # once and refuse the jobs that follow.
+        # once and refuse the jobs that follow. (Inside `conn.transaction()` an autocommit
+        # connection is in a transaction, and that is fine.)
         raise ConfigurationError(
             "build a batch inside a transaction: use a connection with autocommit off "
             "(or `with conn.transaction():`)"

@@ -208,8 +208,8 @@ def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> 
         pgjobs.ConfigurationError, match="inside a transaction"
     ):
         app.batch(conn)
-    with psycopg.connect(dsn) as conn:
-        batch = app.batch(conn)
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        batch = app.batch(conn)  # an explicit transaction on an autocommit connection
         batch.enqueue(member, n=1, die=True)
     drain(app)
     with psycopg.connect(dsn) as conn:

@@ -1,5 +1,5 @@
-"""The quickstart demo that `make demo` runs: transactional enqueue and a worker, on a
-local PostgreSQL.
+"""The quickstart demo that `make quickstart` runs: transactional enqueue and a worker, on
+a local PostgreSQL.
 
 It starts (or reuses) the server in ./.pgjobs that `pgjobs dev start` manages, installs
 pgjobs' tables in a schema of its own (dropped and recreated on every run), enqueues jobs
