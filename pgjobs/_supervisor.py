@@ -205,7 +205,11 @@ class Supervisor:
                 log.info("worker process pid=%s finished (burst)", child.pid)
                 self.done[slot] = True
                 continue
-            if child.worker_id is None and not self.ever_registered and code != 0:
+            if child.worker_id is None and not self.ever_registered and code > 0:
+                # Registered since the last look? Then it had started: restart it below.
+                # (Killed by a signal, code < 0, it did not fail by itself either.)
+                self._check_registrations([child])
+            if child.worker_id is None and not self.ever_registered and code > 0:
                 log.error("worker process pid=%s exited with status %s before it started; "
                           "see its output above. Stopping.", child.pid, code)
                 self.exit_code = 1
@@ -291,8 +295,8 @@ class Supervisor:
             return 0
         return int(row[0]) if row else 0
 
-    def _check_registrations(self) -> None:
-        pending = [c for c in self._children() if c.worker_id is None]
+    def _check_registrations(self, children: list[Child] | None = None) -> None:
+        pending = [c for c in (children or self._children()) if c.worker_id is None]
         if not pending:
             return
         try:

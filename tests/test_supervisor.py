@@ -133,6 +133,27 @@ def test_a_crashed_worker_process_is_restarted_and_sigterm_drains_all(
     assert "exited unexpectedly (status -9)" in supervisor.log()
 
 
+def test_a_process_killed_before_it_registered_is_restarted_not_taken_for_a_broken_deploy(
+    dsn: str, spawn: Spawner, tmp_path: Path
+) -> None:
+    slow = tmp_path / "slow"
+    slow.write_text("30")
+    supervisor = spawn(*FLAGS, app=APP, env={"PGJOBS_TEST_SLOW_IMPORT": str(slow)})
+    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+    first = wait_until(lambda: {int(p) for p in children.read_text().split()}
+                       if len(children.read_text().split()) == 2 else None,
+                       60, "two worker processes importing")
+    slow.unlink()  # the replacements import at once
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)  # neither has registered: each sleeps in its import
+    wait_for_running(dsn, 2, "two replacement processes")
+    assert not running_pids(dsn) & first
+    assert supervisor.proc.poll() is None
+    assert supervisor.log().count("exited unexpectedly (status -9)") == 2
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(60) == 0
+
+
 def test_a_deploy_that_cannot_start_aborts_the_rolling_restart(
     dsn: str, spawn: Spawner, tmp_path: Path
 ) -> None:

@@ -6,13 +6,16 @@ committed first (so runs whose effect rolled back still count), then the effect 
 fenced completion commit together.
 
 Importing this module fails while the file named by ``PGJOBS_TEST_BROKEN_DEPLOY`` exists:
-that is how a test simulates deploying code that cannot start.
+that is how a test simulates deploying code that cannot start. While the file named by
+``PGJOBS_TEST_SLOW_IMPORT`` exists, importing takes the seconds it holds.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from pathlib import Path
 
 import psycopg
 
@@ -21,6 +24,9 @@ import pgjobs
 _broken = os.environ.get("PGJOBS_TEST_BROKEN_DEPLOY")
 if _broken and os.path.exists(_broken):
     raise ImportError(f"this deploy is broken ({_broken} exists)")
+_slow = os.environ.get("PGJOBS_TEST_SLOW_IMPORT")
+if _slow and os.path.exists(_slow):  # a window in which the process has not registered
+    time.sleep(float(Path(_slow).read_text() or "3"))
 
 app = pgjobs.App(schema=os.environ.get("PGJOBS_SCHEMA", "pgjobs"))
 
