@@ -35,7 +35,7 @@ RETRY = "retry"  # failed (or asked to Retry) with attempts left: available at n
 DEAD = "dead"  # failed with attempts exhausted
 SNOOZED = "snoozed"  # available at now + delay, attempt refunded
 CANCELLED = "cancelled"
-RELEASED = "released"  # interrupted by shutdown: available now, attempt refunded
+RELEASED = "released"  # interrupted by shutdown: available again in its place, refunded
 LEASE_LOST = "lease_lost"  # another attempt owns the job: write nothing
 
 MAX_MESSAGE = 2_000
@@ -128,7 +128,7 @@ def encode_result(value: Any) -> str | None:
 
 # (state, delay seconds, attempt refund, error, result JSON text, meta) or None for
 # "write nothing".
-Row = tuple[str, float, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
+Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
 
 
 def outcome_row(outcome: Outcome) -> Row | None:
@@ -145,8 +145,8 @@ def outcome_row(outcome: Outcome) -> Row | None:
         return ("available", delay, 1, None, None, meta)
     if kind == CANCELLED:
         return ("cancelled", delay, 0, None, None, meta)
-    if kind == RELEASED:
-        return ("available", delay, 1, None, None, None)
+    if kind == RELEASED:  # no delay: it keeps its run_at, its place in line
+        return ("available", None, 1, None, None, None)
     if kind == LEASE_LOST:
         return None
     raise AssertionError(f"unknown outcome {kind!r}")

@@ -497,7 +497,9 @@ SET state = o.state,
     lease_token = NULL,
     lease_expires_at = NULL,
     attempt = job.attempt - o.refund,
-    run_at = CASE WHEN o.state = 'available' THEN clock_timestamp() + o.delay
+    -- no delay (a job released unstarted or interrupted): it keeps its place in line
+    run_at = CASE WHEN o.state = 'available'
+                  THEN coalesce(clock_timestamp() + o.delay, job.run_at)
                   ELSE job.run_at END,
     finished_at = CASE WHEN o.state = 'available' THEN NULL ELSE clock_timestamp() END,
     errors = CASE WHEN o.error IS NULL THEN job.errors
@@ -542,7 +544,7 @@ reclaimed AS (
         attempt = greatest(job.attempt - 1, 0),
         lease_token = NULL,
         lease_expires_at = NULL,
-        run_at = clock_timestamp(),
+        -- run_at is kept: the job goes back to its place in line, not to the end
         finished_at = CASE WHEN job.recoveries >= %(budget)s THEN clock_timestamp() END,
         errors = job.errors || jsonb_build_array(jsonb_build_object(
             'attempt', job.attempt,

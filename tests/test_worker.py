@@ -400,6 +400,7 @@ def test_a_sigkilled_workers_job_is_completed_by_another_after_the_lease(
     dsn: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
     job_id = enqueue(dsn, basic.effect, sleep=60)
+    enqueued_at = job(dsn, job_id)["run_at"]
     first = spawn("--lease", "2")
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 1, 30, "first attempt")
     first.signal(signal.SIGKILL)
@@ -409,6 +410,7 @@ def test_a_sigkilled_workers_job_is_completed_by_another_after_the_lease(
     wait_until(lambda: job_state(dsn, job_id) == "succeeded", 30, "the job to succeed")
     row = job(dsn, job_id)
     assert row["recoveries"] == 1 and row["attempt"] == 1
+    assert row["run_at"] == enqueued_at  # reclaimed into its place in line
     assert row["errors"][0]["type"] == "pgjobs.WorkerLost"  # type: ignore[index]
     assert scalar(dsn, "SELECT count(*) FROM effects") == 1
     assert scalar(dsn, "SELECT count(*) FROM attempts") == 2
@@ -433,6 +435,7 @@ def test_sigterm_releases_unfinished_jobs_without_spending_an_attempt(
 ) -> None:
     sync_id = enqueue(dsn, basic.stubborn, seconds=4)
     async_id = enqueue(dsn, basic.async_busy, seconds=60)
+    enqueued_at = {i: job(dsn, i)["run_at"] for i in (sync_id, async_id)}
     worker = spawn("--shutdown-timeout", "0.5")
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM attempts") == 2, 30, "jobs start")
     worker.signal(signal.SIGTERM)
@@ -442,6 +445,7 @@ def test_sigterm_releases_unfinished_jobs_without_spending_an_attempt(
         row = job(dsn, job_id)
         assert row["state"] == "available" and row["attempt"] == 0, row
         assert row["lease_token"] is None
+        assert row["run_at"] == enqueued_at[job_id]  # its place in line, ahead of `after`
     assert job_state(dsn, after) == "available"
     assert "released" in worker.log() or "interrupting" in worker.log()
 
