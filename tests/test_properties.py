@@ -170,7 +170,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                 job = self.jobs[job_id]
                 job.state, job.token, job.expired = OUTCOME_STATE[kind], None, False
                 job.attempt -= REFUND.get(kind, 0)
-                job.due = not later
+                job.due = not later or kind == "released"  # released: keeps its run_at
 
         @rule(attempt=attempts, data=st.data(), commit=st.booleans())
         def complete_in_transaction(self, attempt: tuple[int, Any], data: st.DataObject,
