@@ -53,7 +53,7 @@ ORDER BY gap DESC LIMIT 1
 class Producer(threading.Thread):
     """Enqueues small committed batches at a steady pace until ``stop`` is set."""
 
-    def __init__(self, dsn: str, batch: int = 10, pause: float = 0.02) -> None:
+    def __init__(self, dsn: str, batch: int = 10, pause: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.dsn, self.batch, self.pause = dsn, batch, pause
         self.stop = threading.Event()
@@ -86,7 +86,7 @@ def test_rolling_restarts_under_a_steady_stream_lose_nothing_and_never_stall(
     it replaces stops and does part of the work; and completions never stop for longer
     than a claim interval (plus an allowance for a loaded machine) while a job waits."""
     with_harness(db)
-    restarts, per_generation = scale(1, 4), scale(300, 1500)
+    restarts, per_generation = scale(1, 4), scale(300, 800)
     supervisor = fleet.spawn(*FLAGS, app=APP)
     generations = [wait_for_running(db, 2, "two worker processes")]
     producer = Producer(db)
