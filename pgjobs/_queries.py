@@ -74,6 +74,8 @@ SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 #   takes the hold over only when it has expired (unique_for elapsed).
 # - A rolled-back holder's key row vanishes with it; a concurrent enqueuer waiting on that
 #   key then wins it.
+# - Holds are taken in key order, whatever the order of the rows: two statements that
+#   want the same keys then wait for each other instead of deadlocking.
 # - batch_add_jobs counts the jobs into their batch once per statement (and refuses a
 #   batch that already succeeded).
 job_insert_special = """
@@ -96,6 +98,7 @@ held AS (
     INSERT INTO {schema}.unique_keys AS u (key, job_id, expires_at, release_on)
     SELECT unique_key, new_id, due + unique_for, unique_until
     FROM rows WHERE unique_key IS NOT NULL
+    ORDER BY unique_key
     ON CONFLICT (key) DO UPDATE SET
         job_id = CASE WHEN u.expires_at <= now() THEN EXCLUDED.job_id ELSE u.job_id END,
         release_on = CASE WHEN u.expires_at <= now() THEN EXCLUDED.release_on
@@ -491,6 +494,16 @@ WITH o AS (
            nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
            nullif(e->7, 'null') AS meta
     FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
+),
+-- The unique holds these outcomes release, locked first and in key order (the order in
+-- which enqueue takes them): a flush and an enqueue of the same keys then wait for each
+-- other instead of deadlocking. The jobs' trigger then deletes holds already locked here.
+holds AS (
+    SELECT u.key FROM o
+    JOIN {schema}.jobs AS j ON j.id = o.id AND j.lease_token = o.token
+    JOIN {schema}.unique_keys AS u ON u.key = j.unique_key AND u.job_id = j.id
+    ORDER BY u.key
+    FOR UPDATE OF u
 )
 UPDATE {schema}.jobs AS job
 SET state = o.state,
@@ -509,6 +522,7 @@ SET state = o.state,
     meta = CASE WHEN o.meta IS NULL THEN job.meta ELSE job.meta || o.meta END
 FROM o
 WHERE job.id = o.id AND job.lease_token = o.token
+  AND (SELECT count(*) FROM holds) >= 0  -- runs the holds CTE before any job is updated
 RETURNING job.id
 """
 

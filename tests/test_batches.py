@@ -1,15 +1,17 @@
-"""Batches: counters, callbacks exactly once, nesting, growth from inside, empty batches."""
+"""Batches: counters, callbacks exactly once, nesting, growth from inside, empty batches.
+Many batches completing concurrently across worker processes are in
+tests/chaos/test_batch_counters.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 import pgjobs
 from pgjobs.testing import drain
-from tests.helpers import WorkerProcess, harness_database, query, scalar, wait_until
+from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
 
 pytestmark = pytest.mark.xdist_group("worker")
@@ -148,59 +150,6 @@ def test_a_succeeded_batch_takes_no_more_jobs(dsn: str) -> None:
         conn.rollback()
         with pytest.raises(pgjobs.BatchFinished, match="already succeeded"):
             late.enqueue(member, n=2)
-
-
-def test_concurrent_batches_across_two_workers_fire_each_callback_once(
-    dsn: str, spawn_batch_workers: Callable[[int], list[WorkerProcess]]
-) -> None:
-    batches = 50
-    per = 20
-    ids = []
-    with psycopg.connect(dsn) as conn:
-        for b in range(batches):
-            batch = app.batch(conn, description=f"b{b}")
-            with_callbacks(batch, f"b{b}")
-            rows = [{"n": i, "fail_first": i % 7 == 0, "die": b == 3 and i == 5}
-                    for i in range(per)]
-            batch.enqueue_many(member, rows)
-            ids.append(batch.id)
-    spawn_batch_workers(2)
-    expected = 2 * batches  # complete + success, or complete + death for batch 3
-    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM callbacks") >= expected, 120,
-               "every batch's callbacks")
-    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE state IN "
-                                   "('available', 'running')") == 0, 60, "all jobs done")
-    counts = query(dsn, "SELECT batch_id, event, count(*) FROM callbacks "
-                        "GROUP BY 1, 2 ORDER BY 1, 2")
-    for batch_id, event, count in counts:
-        assert count == 1, (batch_id, event)
-    by_batch: dict[int, list[str]] = {}
-    for batch_id, event, _ in counts:
-        by_batch.setdefault(batch_id, []).append(event)
-    for index, batch_id in enumerate(ids):
-        want = ["complete", "death"] if index == 3 else ["complete", "success"]
-        assert by_batch[batch_id] == want, (index, by_batch[batch_id])
-    rows = query(dsn, "SELECT total, pending, succeeded, failed, dead FROM pgjobs.batches "
-                      "ORDER BY id")
-    for index, row in enumerate(rows):
-        assert row == ((per, 1, per - 1, 1, 1) if index == 3 else (per, 0, per, 0, 0))
-
-
-@pytest.fixture
-def spawn_batch_workers(dsn: str) -> Iterator[Callable[[int], list[WorkerProcess]]]:
-    started: list[WorkerProcess] = []
-
-    def start(n: int) -> list[WorkerProcess]:
-        for _ in range(n):
-            started.append(WorkerProcess(dsn, "--concurrency", "8", "--poll-interval", "0.2",
-                                         app="workerapps.batchapp:app"))
-        return started
-
-    yield start
-    for worker in started:
-        worker.kill()
-        print(f"--- worker {worker.pid} log (tail) ---\n{worker.log()[-3000:]}")
-        worker.close()
 
 
 def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> None:

@@ -1,12 +1,12 @@
-"""Periodic jobs against a real PostgreSQL: the catch-up policies and the schedule table
-in-process, and exactly-once ticks across real worker subprocesses."""
+"""Periodic jobs against a real PostgreSQL: the catch-up policies, racing enqueuers and
+the schedule table, in-process. Exactly-once ticks across stalled worker subprocesses are
+in tests/chaos/test_cron_ticks.py."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,19 +17,9 @@ from click.testing import CliRunner
 import pgjobs
 from pgjobs._cli import cli
 from pgjobs._periodic import PeriodicEnqueuer
-from tests.helpers import query, scalar, wait_until
-from tests.workerprocs import Spawner, spawner
+from tests.helpers import query, scalar
 
 pytestmark = pytest.mark.xdist_group("periodic")
-
-PERIODIC_APP = "workerapps.periodic:app"
-
-
-@pytest.fixture
-def spawn(fresh_dsn: str) -> Iterator[Spawner]:
-    with spawner(fresh_dsn) as start:
-        yield start
-
 
 def new_app(dsn: str) -> tuple[pgjobs.App, pgjobs.Task[..., Any]]:
     app = pgjobs.App(dsn=dsn)
@@ -245,47 +235,3 @@ def test_racing_enqueuers_enqueue_each_tick_once(fresh_dsn: str) -> None:
     for ids, counts in asyncio.run(race()):
         assert len(ids) == len(counts) >= 5
         assert {n for _, n in counts} == {1}
-
-
-# -- worker processes --------------------------------------------------------------------
-
-
-def test_three_workers_enqueue_each_tick_once_while_one_stalls_inside_a_tick(
-    fresh_dsn: str, spawn: Spawner
-) -> None:
-    dsn = fresh_dsn
-    count = "SELECT count(*) FROM pgjobs.jobs WHERE task = 'tick'"
-    # This worker sleeps inside its tick transaction whenever it wins a tick. Started
-    # alone, it wins the first ones, so the test can stop it (SIGSTOP) while it holds the
-    # schedule's row lock: the worst moment for the others.
-    stalled = spawn("--lease", "2", "--poll-interval", "0.2", app=PERIODIC_APP,
-                    env={"PGJOBS_FAILPOINTS": "periodic_after_advance=sleep:1.5"})
-    wait_until(lambda: scalar(dsn, """
-        SELECT count(*) FROM pg_stat_activity
-        WHERE application_name = 'pgjobs-maintenance' AND state = 'idle in transaction'
-          AND clock_timestamp() - xact_start > interval '0.3 s'"""), 60,
-               "the first worker inside a tick transaction")
-    stalled.signal(signal.SIGSTOP)
-    others = [spawn("--lease", "2", "--poll-interval", "0.2", app=PERIODIC_APP)
-              for _ in range(2)]
-    at_stop = scalar(dsn, count)
-    # Six seconds of ticks: past its lease (2 s) and past the tick transaction's idle
-    # limit (5 s), after which PostgreSQL ends its session and the others take over.
-    wait_until(lambda: scalar(dsn, count) >= at_stop + 6, 60, "ticks while it is stopped")
-    stalled.signal(signal.SIGCONT)
-    at_resume = scalar(dsn, count)
-    wait_until(lambda: scalar(dsn, count) >= at_resume + 5, 60, "ticks after it resumed")
-    assert scalar(dsn, "SELECT count(*) FROM pgjobs.workers WHERE state = 'running'") == 3
-    for worker in (stalled, *others):
-        worker.signal(signal.SIGTERM)
-    assert [w.wait(60) for w in (stalled, *others)] == [0, 0, 0]
-
-    rows = query(dsn, "SELECT (meta->>'tick')::timestamptz, count(*) FROM pgjobs.jobs "
-                      "WHERE task = 'tick' GROUP BY 1 ORDER BY 1")
-    assert {n for _, n in rows} == {1}, "a tick was enqueued twice"
-    ticks = [t for t, _ in rows]
-    assert len(ticks) >= 11
-    assert ticks == [ticks[0] + timedelta(seconds=i) for i in range(len(ticks))], "gap"
-    assert last_tick(dsn, "every_second") == ticks[-1]
-    # The stopped worker's tick transaction was ended by the server; it reconnected.
-    assert "maintenance connection failed" in stalled.log()

@@ -1,12 +1,11 @@
-"""`pgjobs worker --processes N`: crash restarts, SIGTERM drains, and SIGHUP rolling
-restarts under load, with real processes; every assertion is on database state."""
+"""`pgjobs worker --processes N`: crash restarts, SIGTERM drains, and an aborted rolling
+restart, with real processes; every assertion is on database state. SIGHUP rolling
+restarts under a steady stream are in tests/chaos/test_rolling_restart.py."""
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import rolling
-from tests.workerprocs import Spawner, spawner, with_harness
+from tests.workerprocs import Spawner, running_pids, spawner, wait_for_running, with_harness
 
 pytestmark = pytest.mark.xdist_group("supervisor")
 
@@ -33,82 +32,6 @@ def dsn(fresh_dsn: str) -> str:
 def spawn(dsn: str) -> Iterator[Spawner]:
     with spawner(dsn) as start:
         yield start
-
-
-def running_pids(dsn: str) -> set[int]:
-    return {pid for (pid,) in query(dsn, "SELECT pid FROM pgjobs.workers "
-                                         "WHERE state = 'running'")}
-
-
-def wait_for_running(dsn: str, count: int, what: str) -> set[int]:
-    wait_until(lambda: len(running_pids(dsn)) == count, 60, what)
-    return running_pids(dsn)
-
-
-class Producer(threading.Thread):
-    """Enqueues ``total`` jobs in small committed batches at a steady pace. The last
-    ``tail`` jobs wait for ``release``, so that some of the stream is certainly left for
-    the workers that come after a rolling restart, however slowly it goes."""
-
-    def __init__(self, dsn: str, total: int, tail: int, batch: int = 20,
-                 pause: float = 0.03) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.total, self.tail, self.batch, self.pause = dsn, total, tail, batch, pause
-        self.release = threading.Event()
-        self.enqueued = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn) as conn:
-                while self.enqueued < self.total:
-                    if self.enqueued >= self.total - self.tail:
-                        self.release.wait(120)
-                    rolling.effect_once.enqueue_many(conn, [{}] * self.batch)
-                    conn.commit()
-                    self.enqueued += self.batch
-                    time.sleep(self.pause)
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-
-def test_sighup_rolling_restart_under_a_steady_stream_runs_every_job_once(
-    dsn: str, spawn: Spawner
-) -> None:
-    supervisor = spawn(*FLAGS, app=APP)
-    old = wait_for_running(dsn, 2, "two worker processes")
-    producer = Producer(dsn, total=2000, tail=300)
-    producer.start()
-    wait_until(lambda: producer.enqueued >= 500 or producer.error, 60, "a quarter of the stream")
-    supervisor.signal(signal.SIGHUP)
-    new = wait_until(lambda: (p := running_pids(dsn)) and not p & old and len(p) == 2 and p,
-                     60, "two new worker processes")
-    producer.release.set()
-    producer.join(120)
-    assert producer.error is None and producer.enqueued == 2000
-    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE state = "
-                                   "'succeeded'") == 2000, 120, "every job to succeed")
-    supervisor.signal(signal.SIGTERM)
-    assert supervisor.wait(60) == 0
-
-    # Every job ran exactly once, and its effect committed exactly once.
-    assert scalar(dsn, "SELECT count(*) FROM public.effects") == 2000
-    assert scalar(dsn, "SELECT count(*) FROM public.attempts") == 2000
-    assert query(dsn, "SELECT state, count(*) FROM pgjobs.jobs GROUP BY 1") == [
-        ("succeeded", 2000)]
-    assert scalar(dsn, "SELECT max(attempt) + max(recoveries) FROM pgjobs.jobs") == 1
-    # Four processes in all: two old, two new, each new one started before an old one
-    # was stopped, and both generations did part of the work.
-    workers = query(dsn, "SELECT pid, state, started_at, stopped_at FROM pgjobs.workers")
-    assert {pid for pid, *_ in workers} == old | new and all(
-        state == "stopped" for _, state, _, _ in workers)
-    starts = sorted(started for pid, _, started, _ in workers if pid in new)
-    stops = sorted(stopped for pid, _, _, stopped in workers if pid in old)
-    assert starts[0] < stops[0] and starts[1] < stops[1]
-    did_work = {pid for (pid,) in query(dsn, "SELECT DISTINCT pid FROM public.effects")}
-    assert did_work & old and did_work & new
-    log = supervisor.log()
-    assert "rolling restart complete" in log and "drained and exited (status 0)" in log
 
 
 def test_a_crashed_worker_process_is_restarted_and_sigterm_drains_all(

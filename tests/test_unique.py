@@ -1,8 +1,8 @@
-"""Unique jobs under concurrency, hold lifetimes, expiry, and reliable push."""
+"""Unique jobs: duplicates, hold lifetimes, expiry, and reliable push. Concurrent
+enqueuers with rollbacks are in tests/chaos/test_unique_keys.py."""
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -125,47 +125,6 @@ def test_expiry_releases_the_hold(dsn: str) -> None:
     assert drain(app) == {}
     assert scalar(dsn, "SELECT state FROM pgjobs.jobs WHERE id = %s", job.id) == "expired"
     assert holders(dsn) == {}
-
-
-def test_concurrent_enqueuers_with_rollbacks_keep_one_holder_per_key(dsn: str) -> None:
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    keys = [f"k{i}" for i in range(4)]
-    committed: list[tuple[str, int]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def enqueuer(index: int) -> None:
-        rng = random.Random(seed + index)
-        try:
-            with psycopg.connect(dsn) as conn:
-                for _ in range(15):
-                    key = rng.choice(keys)
-                    result = member.options(unique_key=key).enqueue(conn, n=index)
-                    if rng.random() < 0.3:
-                        conn.rollback()
-                    else:
-                        conn.commit()
-                        with lock:
-                            committed.append((key, result.id))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=enqueuer, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    jobs = query(dsn, "SELECT unique_key, id FROM pgjobs.jobs ORDER BY id")
-    per_key: dict[str, list[int]] = {}
-    for key, job_id in jobs:
-        per_key.setdefault(key, []).append(job_id)
-    assert all(len(ids) == 1 for ids in per_key.values()), per_key
-    # Every committed caller got the one live job of its key.
-    for key, job_id in committed:
-        assert per_key[key] == [job_id]
-    assert holders(dsn) == {key: ids[0] for key, ids in per_key.items()}
 
 
 class FlakyConnection(psycopg.Connection[Any]):

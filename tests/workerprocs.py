@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from tests.helpers import HARNESS_APP, WorkerProcess
+from tests.helpers import HARNESS_APP, WorkerProcess, query, wait_until
 from tests.workerapps.basic import HARNESS
 
 
@@ -46,3 +46,14 @@ def spawner(dsn: str) -> Iterator[Spawner]:
         yield spawn
     finally:
         spawn.close()
+
+
+def running_pids(dsn: str) -> set[int]:
+    """The pids of the worker processes registered as running."""
+    return {pid for (pid,) in query(dsn, "SELECT pid FROM pgjobs.workers "
+                                         "WHERE state = 'running'")}
+
+
+def wait_for_running(dsn: str, count: int, what: str) -> set[int]:
+    wait_until(lambda: len(running_pids(dsn)) == count, 60, what)
+    return running_pids(dsn)

@@ -4,7 +4,8 @@
   every worker the test started are printed when the test fails. Worker logs stay in the
   test's ``tmp_path`` (pytest keeps the last runs' folders).
 - ``db``: a fresh migrated database with the chaos harness tables; the chaos app points
-  at it. ``fleet`` starts `pgjobs worker` processes against it.
+  at it. ``fleet`` starts `pgjobs worker` processes against it. ``batch_db`` adds the
+  tables of the batch app (tests/workerapps/batchapp.py) and points that app at it too.
 - ``private_server``: a PostgreSQL of its own for tests that restart the server or
   terminate its backends, so they never disturb tests running in parallel on the run's
   shared server. Skipped when ``PGJOBS_TEST_DSN`` names an outside server.
@@ -30,7 +31,8 @@ from pgjobs import _migrate
 from pgjobs._devserver import LocalServer
 from tests.chaos.harness import Fleet
 from tests.conftest import SERVER_ENV
-from tests.workerapps import chaos
+from tests.helpers import harness_database
+from tests.workerapps import batchapp, chaos
 
 SEED = int(os.environ.get("PGJOBS_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
 
@@ -85,6 +87,11 @@ def db(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("PGJOBS_DATABASE_URL", fresh_dsn)
     yield fresh_dsn
     chaos.app.close()
+
+
+@pytest.fixture
+def batch_db(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    yield from harness_database(db, monkeypatch, batchapp.HARNESS, batchapp.app)
 
 
 @pytest.fixture

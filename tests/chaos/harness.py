@@ -8,10 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from pgjobs import _executor
+from pgjobs._job import ClaimedJob, JobContext
 from tests.helpers import TESTS, query, scalar
+from tests.workerapps.chaos import app as chaos_app
 
 CHAOS_APP = "workerapps.chaos:app"
 FULL = os.environ.get("PGJOBS_CHAOS_SCALE", "short") == "full"
@@ -144,6 +150,38 @@ def never_ran_after_finishing(dsn: str) -> list[tuple[Any, ...]]:
         SELECT a.job_id, a.pid, a.started_at, j.finished_at
         FROM public.chaos_attempts a JOIN pgjobs.jobs j ON j.id = a.job_id
         WHERE j.finished_at IS NOT NULL AND a.started_at > j.finished_at""")
+
+
+# -- acting as a worker from the test ------------------------------------------------------
+
+
+def claim(conn: psycopg.Connection[Any], limit: int = 1, queue: str = "default"
+          ) -> list[JobContext]:
+    """Claim up to ``limit`` jobs of ``queue`` with the workers' own statement."""
+    queries = chaos_app.queries
+    rows = conn.execute(queries.job_claim, {
+        "queues": [queue], "limit": limit, "lease": timedelta(seconds=60),
+        "worker_id": None}).fetchall()
+    return [JobContext(ClaimedJob(*row), queries) for row in rows]
+
+
+def write_outcomes(conn: psycopg.Connection[Any],
+                   writes: list[tuple[JobContext, _executor.Outcome]]) -> list[int]:
+    """One flush of the completer's statement (rows as its ``outcome_row`` makes them);
+    returns the ids written, one per row changed."""
+    rows = []
+    for ctx, outcome in writes:
+        row = _executor.outcome_row(outcome)
+        assert row is not None
+        rows.append((ctx.id, ctx.job.lease_token, row))
+    written = conn.execute(chaos_app.queries.job_complete_many,
+                           _executor.outcomes_param(rows)).fetchall()
+    return [int(r[0]) for r in written]
+
+
+def complete_many(conn: psycopg.Connection[Any], ctx: JobContext,
+                  outcome: _executor.Outcome) -> set[int]:
+    return set(write_outcomes(conn, [(ctx, outcome)]))
 
 
 def pause(seconds: float) -> None:

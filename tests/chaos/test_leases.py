@@ -22,8 +22,17 @@ import pgjobs
 from pgjobs import _executor
 from pgjobs._completer import Completer
 from pgjobs._db import Connector
-from pgjobs._job import ClaimedJob, JobContext
-from tests.chaos.harness import Fleet, all_succeeded, assert_exactly_once, pause, scale, states
+from pgjobs._job import JobContext
+from tests.chaos.harness import (
+    Fleet,
+    all_succeeded,
+    assert_exactly_once,
+    claim,
+    complete_many,
+    pause,
+    scale,
+    states,
+)
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import chaos
 from tests.workerapps.chaos import app
@@ -38,23 +47,6 @@ OUTCOMES = [
     _executor.Outcome(_executor.CANCELLED, meta={"cancel_reason": "stale"}),
     _executor.Outcome(_executor.RELEASED),
 ]
-
-
-def claim(conn: psycopg.Connection[Any], limit: int = 1, queue: str = "default"
-          ) -> list[JobContext]:
-    rows = conn.execute(app.queries.job_claim, {
-        "queues": [queue], "limit": limit, "lease": timedelta(seconds=60),
-        "worker_id": None}).fetchall()
-    return [JobContext(ClaimedJob(*row), app.queries) for row in rows]
-
-
-def complete_many(conn: psycopg.Connection[Any], ctx: JobContext,
-                  outcome: _executor.Outcome) -> set[int]:
-    row = _executor.outcome_row(outcome)
-    assert row is not None
-    params = _executor.outcomes_param([(ctx.id, ctx.job.lease_token, row)])
-    written = conn.execute(app.queries.job_complete_many, params).fetchall()
-    return {int(r[0]) for r in written}
 
 
 def heartbeat(conn: psycopg.Connection[Any], ctx: JobContext) -> list[Any]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.chaos.harness import Fleet, Worker, all_succeeded, assert_exactly_once, scale
+from tests.chaos.harness import Fleet, Worker, all_succeeded, assert_exactly_once, pause, scale
 from tests.chaos.proxy import Proxy
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import chaos
@@ -85,6 +85,14 @@ def test_a_partitioned_worker_stops_its_jobs_which_run_once_elsewhere_and_it_rec
     assert cut.alive()
 
 
+CLAIMED_SINCE_LISTENING = """
+SELECT c.query_start FROM pg_stat_activity c JOIN pg_stat_activity l USING (datname)
+WHERE c.datname = current_database() AND c.application_name = 'pgjobs-claim'
+  AND l.application_name = 'pgjobs-listen' AND l.query LIKE 'LISTEN%%'
+  AND c.state = 'idle' AND c.query_start > l.state_change
+"""
+
+
 @pytest.mark.timeout(scale(120, 300))
 def test_a_claim_whose_reply_comes_back_after_the_lease_is_not_run(
     db: str, fleet: Fleet, proxy: Proxy
@@ -96,10 +104,16 @@ def test_a_claim_whose_reply_comes_back_after_the_lease_is_not_run(
     # behind the held replies would keep its claim from being sent at all).
     cut = fleet.spawn("--lease", "2", "--poll-interval", "600", "--reclaim-interval", "600",
                       dsn=proxy.dsn(db))
-    wait_until(lambda: cut.started() and scalar(
-        db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'pgjobs-listen' AND query LIKE 'LISTEN%%'"),
-        60, "the cut worker to listen")
+    # Listening, and done with the claims that listening triggers (idle since the last,
+    # twice in a row): a claim still awaiting its reply when the replies are held would
+    # keep the claim of the jobs from being sent.
+    def settled() -> bool:
+        last = scalar(db, CLAIMED_SINCE_LISTENING)
+        pause(0.3)
+        return last is not None and scalar(db, CLAIMED_SINCE_LISTENING) == last
+
+    wait_until(lambda: cut.started() and settled(), 60,
+               "the cut worker to listen, then claim and go idle")
     worker_id = cut.worker_id(db)
     proxy.blackhole("down", app="pgjobs-claim")
     with psycopg.connect(db) as conn:  # the notification wakes it; its claim is held

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 
 import psycopg
@@ -32,8 +33,9 @@ def _log_run(n: int) -> None:
 
 
 @app.job(name="member", max_attempts=2, retry_backoff=lambda attempt: 0.0)
-def member(n: int, fail_first: bool = False, die: bool = False) -> int:
+def member(n: int, fail_first: bool = False, die: bool = False, sleep: float = 0.0) -> int:
     _log_run(n)
+    time.sleep(sleep)
     if die or (fail_first and pgjobs.current_job().attempt == 1):
         raise RuntimeError(f"member {n} failed")
     return n

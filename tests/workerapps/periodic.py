@@ -1,4 +1,5 @@
-"""An app with a one-second schedule, for the periodic tests' worker subprocesses."""
+"""An app with one-second schedules, one per catch-up policy, for the periodic chaos test's
+worker subprocesses (tests/chaos/test_cron_ticks.py)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,9 @@ app = pgjobs.App(schema=os.environ.get("PGJOBS_SCHEMA", "pgjobs"))
 @app.job(name="tick")
 def tick() -> None:
     pass
+
+
+# The other two policies on the same task: after a gap (shorter than a minute) both
+# enqueue the newest tick once and pass over the older ones.
+app.schedule(tick, "* * * * * *", name="latest_second", catch_up="latest")
+app.schedule(tick, "* * * * * *", name="skip_second", catch_up="skip")
