@@ -551,7 +551,7 @@ class Statement:
     """One enqueue statement, ready to run on a sync or async connection."""
 
     task: Task[..., Any]
-    query: sql.Composed
+    query: sql.SQL | sql.Composed
     params: dict[str, Any]
     size: int
     decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
@@ -617,10 +617,10 @@ class Receipt:
         self.queries = queries
         self.key = uuid.uuid4()
 
-    def get(self) -> tuple[sql.Composed, dict[str, Any]]:
+    def get(self) -> tuple[sql.SQL | sql.Composed, dict[str, Any]]:
         return self.queries.enqueue_receipt_get, {"key": self.key}
 
-    def put(self, results: list[Enqueued]) -> tuple[sql.Composed, dict[str, Any]]:
+    def put(self, results: list[Enqueued]) -> tuple[sql.SQL | sql.Composed, dict[str, Any]]:
         encoded = json.dumps([[r.id, r.duplicate] for r in results])
         return self.queries.enqueue_receipt_put, {"key": self.key, "results": encoded}
 

@@ -128,7 +128,7 @@ class Bench:
         self.runs.setdefault(name, []).append(value)
         self.say(f"{value:>12,.1f} {unit}")
 
-    def q(self, text: str) -> sql.Composed:
+    def q(self, text: str) -> sql.SQL | sql.Composed:
         return sql.SQL(text).format(jobs=self.jobs)
 
     def reset(self) -> None:

@@ -197,6 +197,10 @@ class Enqueued:
     """True when a unique key was already held: ``id`` is the holder's id."""
 
 
+# One encoder for every enqueue: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True)
 class ArgsEncoder:
     """Turns keyword arguments into the JSON text stored in ``jobs.args``."""
@@ -219,7 +223,7 @@ class ArgsEncoder:
                 "too deeply to encode as JSON"
             ) from None
         try:
-            text = json.dumps(kwargs, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            text = _ENCODER.encode(kwargs)
         except (TypeError, ValueError) as exc:
             raise InvalidArgs(
                 f"job args for {self.task or 'task'} are not JSON-serialisable ({exc}); pass "

@@ -139,7 +139,7 @@ class ClaimRouter:
         self.next_refresh = 0.0
         self.next_limited = 0.0
 
-    async def statement(self, conn: psycopg.AsyncConnection[Any]) -> sql.Composed:
+    async def statement(self, conn: psycopg.AsyncConnection[Any]) -> sql.SQL | sql.Composed:
         now = time.monotonic()
         if now >= self.next_refresh:
             self.next_refresh = now + self.refresh

@@ -27,7 +27,7 @@ class Step:
     """One maintenance statement run every ``interval`` seconds."""
 
     def __init__(
-        self, name: str, query: sql.Composed, params: dict[str, Any], interval: float
+        self, name: str, query: sql.SQL | sql.Composed, params: dict[str, Any], interval: float
     ) -> None:
         self.name = name
         self.query = query

@@ -1096,9 +1096,11 @@ CATALOG_NAMES = ("status_tables", "status_horizon")
 
 
 @cache
-def compose(text: str, schema: str) -> sql.Composed:
-    """``text`` with its ``{schema}`` placeholder bound to the quoted schema name."""
-    return sql.SQL(text).format(schema=sql.Identifier(schema))
+def compose(text: str, schema: str) -> sql.SQL:
+    """``text`` with its ``{schema}`` placeholder bound to the quoted schema name, rendered
+    once: psycopg turns a ``Composed`` into bytes again at every execute (a fifth of an
+    enqueue's client CPU), a plain ``SQL`` costs one encode."""
+    return sql.SQL(sql.SQL(text).format(schema=sql.Identifier(schema)).as_string(None))
 
 
 class Queries:
@@ -1110,46 +1112,46 @@ class Queries:
         for name in NAMES:
             setattr(self, name, compose(globals()[name], schema))
 
-    job_insert: sql.Composed
-    job_insert_many: sql.Composed
-    job_insert_special: sql.Composed
-    enqueue_receipt_put: sql.Composed
-    enqueue_receipt_get: sql.Composed
-    batch_insert: sql.Composed
-    batch_add_callback: sql.Composed
-    batch_get: sql.Composed
-    job_expire: sql.Composed
-    unique_key_prune: sql.Composed
-    enqueue_receipt_prune: sql.Composed
-    job_claim: sql.Composed
-    job_claim_limited: sql.Composed
-    queue_limited: sql.Composed
-    job_heartbeat: sql.Composed
-    job_complete_many: sql.Composed
-    job_complete_fenced: sql.Composed
-    job_reclaim: sql.Composed
-    worker_register: sql.Composed
-    worker_set_state: sql.Composed
-    job_get: sql.Composed
-    worker_last_id: sql.Composed
-    worker_registered: sql.Composed
-    periodic_upsert: sql.Composed
-    periodic_disable_missing: sql.Composed
-    periodic_state: sql.Composed
-    periodic_advance: sql.Composed
-    periodic_record: sql.Composed
-    periodic_list: sql.Composed
-    queue_set_paused: sql.Composed
-    queue_set_limits: sql.Composed
-    queue_list: sql.Composed
-    limit_key_prune: sql.Composed
-    job_list: sql.Composed
-    job_cancel: sql.Composed
-    job_retry: sql.Composed
-    job_prune: sql.Composed
-    batch_prune: sql.Composed
-    worker_prune: sql.Composed
-    status_queues: sql.Composed
-    status_workers: sql.Composed
-    status_tables: sql.Composed
-    status_horizon: sql.Composed
+    job_insert: sql.SQL
+    job_insert_many: sql.SQL
+    job_insert_special: sql.SQL
+    enqueue_receipt_put: sql.SQL
+    enqueue_receipt_get: sql.SQL
+    batch_insert: sql.SQL
+    batch_add_callback: sql.SQL
+    batch_get: sql.SQL
+    job_expire: sql.SQL
+    unique_key_prune: sql.SQL
+    enqueue_receipt_prune: sql.SQL
+    job_claim: sql.SQL
+    job_claim_limited: sql.SQL
+    queue_limited: sql.SQL
+    job_heartbeat: sql.SQL
+    job_complete_many: sql.SQL
+    job_complete_fenced: sql.SQL
+    job_reclaim: sql.SQL
+    worker_register: sql.SQL
+    worker_set_state: sql.SQL
+    job_get: sql.SQL
+    worker_last_id: sql.SQL
+    worker_registered: sql.SQL
+    periodic_upsert: sql.SQL
+    periodic_disable_missing: sql.SQL
+    periodic_state: sql.SQL
+    periodic_advance: sql.SQL
+    periodic_record: sql.SQL
+    periodic_list: sql.SQL
+    queue_set_paused: sql.SQL
+    queue_set_limits: sql.SQL
+    queue_list: sql.SQL
+    limit_key_prune: sql.SQL
+    job_list: sql.SQL
+    job_cancel: sql.SQL
+    job_retry: sql.SQL
+    job_prune: sql.SQL
+    batch_prune: sql.SQL
+    worker_prune: sql.SQL
+    status_queues: sql.SQL
+    status_workers: sql.SQL
+    status_tables: sql.SQL
+    status_horizon: sql.SQL
