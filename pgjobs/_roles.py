@@ -109,7 +109,11 @@ DECLARE
 BEGIN
     FOR g IN
         SELECT * FROM (VALUES {rows}) AS v(kind, name, app, worker)
-        WHERE (kind = 'FUNCTION' AND to_regprocedure(format('%I.', {schema}) || name) IS NOT NULL)
+        -- (by name: before PostgreSQL 16, to_regprocedure raises on an argument type
+        -- such as `batches` that does not exist yet, before the first migrate)
+        WHERE (kind = 'FUNCTION' AND EXISTS (
+                   SELECT FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+                   WHERE n.nspname = {schema} AND p.proname = split_part(name, '(', 1)))
            OR (kind <> 'FUNCTION' AND to_regclass(format('%I.%I', {schema}, name)) IS NOT NULL)
     LOOP
         target := format('%s %I.%s', g.kind, {schema},
