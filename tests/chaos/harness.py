@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 
 from pgjobs import _executor
+from pgjobs._db import RETRY_STATEMENT
 from pgjobs._job import ClaimedJob, JobContext
 from tests.helpers import TESTS, query, scalar
 from tests.workerapps.chaos import app as chaos_app
@@ -167,16 +169,25 @@ def claim(conn: psycopg.Connection[Any], limit: int = 1, queue: str = "default"
 
 def write_outcomes(conn: psycopg.Connection[Any],
                    writes: list[tuple[JobContext, _executor.Outcome]]) -> list[int]:
-    """One flush of the completer's statement (rows as its ``outcome_row`` makes them);
-    returns the ids written, one per row changed."""
+    """One flush of the completer's statement (rows as its ``outcome_row`` makes them) on
+    an autocommit connection; returns the ids written, one per row changed. Like the
+    completer, it runs the statement again when PostgreSQL aborted it as a deadlock
+    victim (flushes lock the batches of their jobs in no set order): the statement is
+    all or nothing, so the retry is the flush."""
+    assert conn.autocommit
     rows = []
     for ctx, outcome in writes:
         row = _executor.outcome_row(outcome)
         assert row is not None
         rows.append((ctx.id, ctx.job.lease_token, row))
-    written = conn.execute(chaos_app.queries.job_complete_many,
-                           _executor.outcomes_param(rows)).fetchall()
-    return [int(r[0]) for r in written]
+    while True:
+        try:
+            written = conn.execute(chaos_app.queries.job_complete_many,
+                                   _executor.outcomes_param(rows)).fetchall()
+        except RETRY_STATEMENT:
+            time.sleep(random.uniform(0.001, 0.02))
+            continue
+        return [int(r[0]) for r in written]
 
 
 def complete_many(conn: psycopg.Connection[Any], ctx: JobContext,
