@@ -346,7 +346,11 @@ def test_heartbeats_keep_a_job_longer_than_its_lease(dsn: str) -> None:
     assert scalar(dsn, "SELECT count(*) FROM attempts") == 1
 
 
-def test_lost_lease_cancels_async_handlers_and_tells_sync_ones(dsn: str) -> None:
+def two_jobs_stopped_by(dsn: str, take_away: Callable[[int, int], None]) -> tuple[int, int]:
+    """A sync and an async job start on an in-process worker (lease 1.5 s); then
+    ``take_away(sync_id, async_id)`` runs while they do, and the worker drains. Both
+    handlers must be stopped (the sync one is told, and notes it; the async one is
+    cancelled) and nothing written for their attempts."""
     sync_id = enqueue(dsn, basic.watch_lease, seconds=20)
     async_id = enqueue(dsn, basic.async_busy, seconds=20)
 
@@ -355,39 +359,32 @@ def test_lost_lease_cancels_async_handlers_and_tells_sync_ones(dsn: str) -> None
         run = asyncio.create_task(worker.run())
         await asyncio.to_thread(wait_until, lambda: scalar(
             dsn, "SELECT count(*) FROM attempts") == 2, 20, "both jobs to start")
-        # Another party takes the jobs over (as a reclaim plus a new claim would).
-        await asyncio.to_thread(query, dsn, "UPDATE pgjobs.jobs SET lease_token = "
-                                "gen_random_uuid() WHERE state = 'running'")
+        await asyncio.to_thread(take_away, sync_id, async_id)
         return await run
 
-    stats = asyncio.run(scenario())
-    assert stats == {"lease_lost": 2}
+    assert asyncio.run(scenario()) == {"lease_lost": 2}  # outcomes written nowhere
     notes = [r[0] for r in query(dsn, "SELECT note FROM attempts WHERE note IS NOT NULL")]
     assert notes == ["lease_lost=True"]
     assert scalar(dsn, "SELECT finished_at IS NOT NULL FROM attempts WHERE job_id = %s",
                   async_id)  # the async handler saw its cancellation
-    for job_id in (sync_id, async_id):
+    return sync_id, async_id
+
+
+def test_lost_lease_cancels_async_handlers_and_tells_sync_ones(dsn: str) -> None:
+    def reclaim_and_claim_elsewhere(sync_id: int, async_id: int) -> None:
+        query(dsn, "UPDATE pgjobs.jobs SET lease_token = gen_random_uuid() "
+                   "WHERE state = 'running'")
+
+    for job_id in two_jobs_stopped_by(dsn, reclaim_and_claim_elsewhere):
         assert job_state(dsn, job_id) == "running"  # untouched: the new owner's to finish
 
 
 def test_an_operator_cancel_stops_running_handlers_at_the_next_heartbeat(dsn: str) -> None:
-    sync_id = enqueue(dsn, basic.watch_lease, seconds=20)
-    async_id = enqueue(dsn, basic.async_busy, seconds=20)
-
-    async def scenario() -> object:
-        worker = pgjobs.Worker(app, pgjobs.WorkerConfig(lease=1.5, listen=False, burst=True))
-        run = asyncio.create_task(worker.run())
-        await asyncio.to_thread(wait_until, lambda: scalar(
-            dsn, "SELECT count(*) FROM attempts") == 2, 20, "both jobs to start")
-        changes = await asyncio.to_thread(app.cancel_jobs, None, [sync_id, async_id], "ops")
+    def cancel(sync_id: int, async_id: int) -> None:
+        changes = app.cancel_jobs(None, [sync_id, async_id], "ops")
         assert [(c.was, c.state) for c in changes] == [("running", "cancelled")] * 2
-        return await run
 
-    stats = asyncio.run(scenario())
-    assert stats == {"lease_lost": 2}  # outcomes of the stopped attempts, written nowhere
-    assert [r[0] for r in query(dsn, "SELECT note FROM attempts WHERE note IS NOT NULL")] == [
-        "lease_lost=True"]
-    for job_id in (sync_id, async_id):
+    for job_id in two_jobs_stopped_by(dsn, cancel):
         row = job(dsn, job_id)
         assert row["state"] == "cancelled" and row["meta"] == {"cancel_reason": "ops"}
         assert row["lease_token"] is None and row["result"] is None
