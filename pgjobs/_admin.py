@@ -7,7 +7,7 @@ happened and why not, so a batch of ids is never half understood.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +88,10 @@ def _retried(job_id: int, changed: bool, was: str | None, state: str | None,
     return JobChange(job_id, changed, was, state, detail)
 
 
-def run(app: App, conn: AnyConnection | None, action: Any, *args: Any) -> list[JobChange]:
+def run(app: App, conn: AnyConnection | None,
+        action: Callable[..., list[JobChange]], *args: Any) -> list[JobChange]:
     """``action`` in ``conn``'s transaction, or (None) in one of its own on the app's pool."""
     if conn is not None:
-        return list(action(app, conn, *args))
+        return action(app, conn, *args)
     with app.pool.connection() as own, own.transaction():
-        return list(action(app, own, *args))
+        return action(app, own, *args)

@@ -124,12 +124,8 @@ def jobs_cancel(obj: Target, job_ids: tuple[int, ...], reason: str | None) -> No
     """Cancel waiting or running jobs. A running job's worker stops its handler at its
     next heartbeat (within a third of the lease), and the attempt's writes through pgjobs
     are refused. Exits 1 if a job could not be cancelled (it says why)."""
-    app = _app(obj)
-    try:
-        with _connect(obj) as conn:
-            _report(app.cancel_jobs(conn, job_ids, reason))
-    finally:
-        app.close()
+    with _connect(obj) as conn:  # on this connection: the app's pool is never opened
+        _report(_app(obj).cancel_jobs(conn, job_ids, reason))
 
 
 @jobs.command("retry")
@@ -139,9 +135,5 @@ def jobs_retry(obj: Target, job_ids: tuple[int, ...]) -> None:
     """Run dead, cancelled or expired jobs again now (and jobs waiting for a retry, at
     once). Their errors and attempt count are kept, with room for one more attempt.
     Exits 1 if a job could not be retried (it says why)."""
-    app = _app(obj)
-    try:
-        with _connect(obj) as conn:
-            _report(app.retry_jobs(conn, job_ids))
-    finally:
-        app.close()
+    with _connect(obj) as conn:  # on this connection: the app's pool is never opened
+        _report(_app(obj).retry_jobs(conn, job_ids))
