@@ -124,21 +124,29 @@ def test_concurrent_batches_keep_exact_counters_and_fire_each_callback_once(
         return scalar(db, "SELECT count(*) FROM public.callbacks") >= expected_callbacks
 
     deadline = time.monotonic() + scale(120, 600)
-    paused = 0
+    paused = tries = 0
     while not sample():
         assert time.monotonic() < deadline, "timed out waiting for every batch's callbacks"
         completed_by_test += complete_manual_jobs_with_duplicates(db, rng)
-        victim = workers[paused % len(workers)]
-        if paused < pauses and running_jobs(db, victim.pid):
-            # Paused with jobs in hand, past its lease: they are reclaimed and run
-            # elsewhere, and whatever it writes when it wakes is stale.
-            victim.signal(signal.SIGSTOP)
-            until = time.monotonic() + 2.5 * LEASE
-            while time.monotonic() < until:
-                sample()
-                pause(0.1)
+        if paused >= pauses:
+            continue
+        # Paused with jobs in hand, past its lease: they are reclaimed and run elsewhere,
+        # and whatever it writes when it wakes is stale. Whether it still holds a job is
+        # checked once it is stopped (and a flush it had already sent has committed), since
+        # its short jobs may finish at any moment before that.
+        victim = workers[tries % len(workers)]
+        tries += 1
+        victim.signal(signal.SIGSTOP)
+        pause(0.1)
+        if not running_jobs(db, victim.pid):
             victim.signal(signal.SIGCONT)
-            paused += 1
+            continue
+        until = time.monotonic() + 2.5 * LEASE
+        while time.monotonic() < until:
+            sample()
+            pause(0.1)
+        victim.signal(signal.SIGCONT)
+        paused += 1
     assert problems == [], "counters disagreed with the jobs, or a callback fired twice"
     assert samples > 1 and completed_by_test == batches * manual and paused >= 1
     wait_until(lambda: scalar(db, "SELECT count(*) FROM pgjobs.jobs WHERE state IN "
