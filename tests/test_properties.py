@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 import pgjobs
-from pgjobs import _executor
+from pgjobs import _enqueue, _executor
 from pgjobs._job import ClaimedJob, JobContext, lenient_json_loads
 
 pytestmark = pytest.mark.xdist_group("properties")
@@ -259,6 +259,27 @@ def typed(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: typed(v) for k, v in value.items()}
     return (type(value).__name__, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=ARGS)
+def test_the_fast_args_encoder_decides_exactly_as_the_full_check(
+    args: dict[str, Any],
+) -> None:
+    """Plain args skip the full walk (and its error paths) and use the C encoder made
+    once; the text, or the error and its message, must be what the full path gives."""
+    encoder = _enqueue.ArgsEncoder(max_bytes=200)
+
+    def outcome() -> tuple[str, str]:
+        try:
+            return ("ok", encoder.encode(args))
+        except pgjobs.ValidationError as exc:
+            return (type(exc).__name__, str(exc))
+
+    fast = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_enqueue, "_FAST_ENCODE", None)
+        assert outcome() == fast
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ accepted input through the jobs table."""
 from __future__ import annotations
 
 import decimal
+import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -217,6 +218,17 @@ def test_bad_args(kwargs: dict[str, Any], message: str) -> None:
         task.enqueue(None, **kwargs)
     with pytest.raises(InvalidArgs, match=message):
         task.enqueue_many(None, [{"fine": 1}, kwargs])
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"x": "\\u0000"}, {"x": ["\\\\u0000"]}, {"x": "caf\u00e9 \U0001f600"}, {"x": 9.99e15},
+    {"x": -1e-300}, {"x": [[[]]], "y": {}}, {"x": (1, "two")},
+])
+def test_args_that_only_look_suspect_are_stored(kwargs: dict[str, Any]) -> None:
+    """Text that looks like an escaped NUL, non-ASCII text, floats just under the limit."""
+    task = any_task(make_app())
+    text = task.encoder.encode(kwargs)
+    assert json.loads(text) == json.loads(json.dumps(kwargs))
 
 
 def test_reference_cycles_are_refused() -> None:
