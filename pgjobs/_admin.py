@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._db import tuples
 from ._enqueue import translated_errors
 from ._errors import InvalidOption
 
@@ -47,8 +48,8 @@ def job_ids(ids: Iterable[int]) -> list[int]:
 def cancel_jobs(app: App, conn: AnyConnection, ids: Iterable[int],
                 reason: str | None) -> list[JobChange]:
     with translated_errors(app.config.schema):
-        rows = conn.execute(app.queries.job_cancel,
-                            {"ids": job_ids(ids), "reason": reason}).fetchall()
+        rows = tuples(conn).execute(app.queries.job_cancel,
+                                    {"ids": job_ids(ids), "reason": reason}).fetchall()
     return [_cancelled(*row) for row in rows]
 
 
@@ -66,8 +67,8 @@ def _cancelled(job_id: int, changed: bool, was: str | None, state: str | None) -
 def retry_jobs(app: App, conn: AnyConnection, ids: Iterable[int]) -> list[JobChange]:
     channel = app.config.channel
     with translated_errors(app.config.schema):
-        rows = conn.execute(app.queries.job_retry,
-                            {"ids": job_ids(ids), "channel": channel}).fetchall()
+        rows = tuples(conn).execute(app.queries.job_retry,
+                                    {"ids": job_ids(ids), "channel": channel}).fetchall()
     return [_retried(*row) for row in rows]
 
 

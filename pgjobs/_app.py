@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from . import _admin
 from ._admin import JobChange
 from ._batches import Batch, BatchStatus, create_batch, get_status
-from ._db import TRANSIENT
+from ._db import TRANSIENT, atuples, tuples
 from ._enqueue import (
     ArgsEncoder,
     Enqueued,
@@ -560,12 +560,12 @@ class Statement:
 
     def run(self, conn: AnyConnection) -> list[Enqueued]:
         with translated_errors(self.task.app.config.schema):
-            rows = conn.execute(self.query, self.params).fetchall()
+            rows = tuples(conn).execute(self.query, self.params).fetchall()
         return self.check(self.decode(rows))
 
     async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
         with translated_errors(self.task.app.config.schema):
-            cursor = await aconn.execute(self.query, self.params)
+            cursor = await atuples(aconn).execute(self.query, self.params)
             rows = await cursor.fetchall()
         return self.check(self.decode(rows))
 

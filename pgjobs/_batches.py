@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import pq
 
+from ._db import tuples
 from ._errors import BatchFinished, ConfigurationError
 from ._job import row_dict
 
@@ -105,7 +106,7 @@ class Batch:
             "args": json.loads(task.encoder.encode(kwargs)),
             "priority": opts.priority, "max_attempts": opts.max_attempts,
         }
-        row = self.conn.execute(
+        row = tuples(self.conn).execute(
             self.app.queries.batch_add_callback,
             {"id": self.id, "event": event,
              "callback": json.dumps(callback, ensure_ascii=False)},
@@ -136,7 +137,7 @@ def create_batch(
             "build a batch inside a transaction: use a connection with autocommit off "
             "(or `with conn.transaction():`)"
         )
-    row = conn.execute(
+    row = tuples(conn).execute(
         app.queries.batch_insert,
         {"parent_id": parent, "description": description, "meta": "{}"},
     ).fetchone()
@@ -146,7 +147,7 @@ def create_batch(
 
 
 def get_status(app: App, conn: psycopg.Connection[Any], batch_id: int) -> BatchStatus:
-    cursor = conn.execute(app.queries.batch_get, {"id": batch_id})
+    cursor = tuples(conn).execute(app.queries.batch_get, {"id": batch_id})
     row = cursor.fetchone()
     if row is None:
         raise BatchFinished(f"batch {batch_id} does not exist")

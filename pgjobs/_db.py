@@ -1,4 +1,5 @@
-"""A worker's database connections: one per role, reconnected with backoff when lost."""
+"""Database connections: a worker's, one per role, reconnected with backoff when lost;
+and tuple cursors on the connections callers pass in."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -18,6 +20,17 @@ log = logging.getLogger("pgjobs.worker")
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError)
 # Errors after which the same statement can simply run again on the same connection.
 RETRY_STATEMENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def tuples(conn: psycopg.Connection[Any]) -> psycopg.Cursor[tuple[Any, ...]]:
+    """A cursor on a caller's connection that yields tuples, whatever the connection's
+    ``row_factory`` (dict_row and friends are common in applications)."""
+    return conn.cursor(row_factory=tuple_row)
+
+
+def atuples(aconn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[tuple[Any, ...]]:
+    """:func:`tuples` for an ``AsyncConnection``."""
+    return aconn.cursor(row_factory=tuple_row)
 
 
 class Connector:

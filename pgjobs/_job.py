@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import _failpoints
+from ._db import atuples, tuples
 from ._errors import LeaseLost, PgJobsError
 
 if TYPE_CHECKING:
@@ -187,13 +188,14 @@ class JobContext:
         and your transaction must roll back (a ``with conn:`` block does that).
         """
         _failpoints.hit("mid_handler")
-        row = conn.execute(self.queries.job_complete_fenced, self._params(result)).fetchone()
-        self._check(row)
+        cursor = tuples(conn).execute(self.queries.job_complete_fenced, self._params(result))
+        self._check(cursor.fetchone())
 
     async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
         """:meth:`complete` on an ``AsyncConnection``."""
         _failpoints.hit("mid_handler")
-        cursor = await aconn.execute(self.queries.job_complete_fenced, self._params(result))
+        statement = self.queries.job_complete_fenced
+        cursor = await atuples(aconn).execute(statement, self._params(result))
         self._check(await cursor.fetchone())
 
     def _params(self, result: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from ._app import App, Task
@@ -48,7 +49,7 @@ def assert_enqueued(
         "SELECT id FROM {}.jobs WHERE task = %s AND state = 'available' AND args @> %s "
         "ORDER BY id"
     ).format(sql.Identifier(app_schema))
-    rows = conn.execute(query, (name, Jsonb(args))).fetchall()
+    rows = conn.cursor(row_factory=tuple_row).execute(query, (name, Jsonb(args))).fetchall()
     if not rows:
         raise AssertionError(f"no available job of task {name!r} with args containing {args!r}")
     return [int(row[0]) for row in rows]
