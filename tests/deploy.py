@@ -19,6 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgjobs
+from pgjobs import _app
 from pgjobs._devserver import _ensure_user, _reachable, free_port
 from tests.workerapps import deployed
 
@@ -117,17 +118,23 @@ class Produced:
     batch_id: int
 
 
+def many_by_copy(start: int) -> list[dict[str, int]]:
+    """Enough rows for enqueue_many to send them by COPY."""
+    return [{"n": n} for n in range(start, start + _app.COPY_MIN_ROWS)]
+
+
 def enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:
     """Enqueue through ``app`` (a producer: it names tasks, it does not import them) in every
     way: the app's pool (reliable push, more than psycopg's prepare threshold of 5 times),
-    the caller's connection, many at once, a unique key twice, a batch with a callback,
-    jobs under a per-key limit,
-    and the async twins. Connections made here never prepare (PgBouncer 1.18)."""
+    the caller's connection, many at once (also by COPY), a unique key twice, a batch with
+    a callback, jobs under a per-key limit, and the async twins. Connections made here
+    never prepare (PgBouncer 1.18)."""
     flaky, member = app.task("once_flaky"), app.task("member")
     ids = [flaky.enqueue().id for _ in range(6)]
     with psycopg.connect(dsn, prepare_threshold=None) as conn:
         ids += [app.enqueue(conn, "member", n=n).id for n in range(6)]
         ids += [r.id for r in member.enqueue_many(conn, [{"n": n} for n in range(6, 12)])]
+        ids += [r.id for r in member.enqueue_many(conn, many_by_copy(1000))]
         unique = member.options(unique_for=timedelta(hours=1))
         first, again = unique.enqueue(conn, n=99), unique.enqueue(conn, n=99)
         assert again.duplicate and again.id == first.id
@@ -135,6 +142,7 @@ def enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:
         batch = app.batch(conn, description="deploy")
         batch.on_success(app.task("on_batch_success"))
         ids += [r.id for r in batch.enqueue_many(member, [{"n": n} for n in range(3)])]
+        ids += [r.id for r in batch.enqueue_many(member, many_by_copy(2000))]
         ids.append(app.enqueue(conn, "fenced").id)
         # Limits travel with the registered task, so this one is enqueued through it.
         ids += [r.id for r in deployed.keyed.enqueue_many(conn, [{"n": n} for n in range(3)])]
@@ -145,6 +153,7 @@ def enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:
             async with await psycopg.AsyncConnection.connect(
                     dsn, prepare_threshold=None) as aconn:
                 found += [(await member.enqueue_async(aconn, n=n)).id for n in range(26, 32)]
+            found += [job.id for job in await member.enqueue_many_async(None, many_by_copy(3000))]
             return found
         finally:
             await app.aclose()

@@ -15,7 +15,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 import pgjobs
-from pgjobs import _migrate
+from pgjobs import _app, _migrate
 from pgjobs.testing import drain
 
 Conn = psycopg.Connection[Any]
@@ -58,6 +58,14 @@ class CountingCursor(psycopg.Cursor[Any]):
         raise AssertionError("enqueue must not use executemany")
 
 
+@pytest.fixture(params=["insert", "copy"])
+def bulk_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with enqueue's INSERT statements, then with the COPY path that large
+    enqueue_many calls take (here from one row: single enqueues too)."""
+    monkeypatch.setattr(_app, "COPY_MIN_ROWS", 10**9 if request.param == "insert" else 1)
+    return str(request.param)
+
+
 @pytest.fixture
 def counting(conn: Conn) -> Iterator[list[str]]:
     CountingCursor.statements = []
@@ -88,6 +96,7 @@ def test_commit_makes_the_job_exist(fresh_app: pgjobs.App, fresh_dsn: str) -> No
     assert row["lease_token"] is None and row["errors"] == [] and row["recoveries"] == 0
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_rollback_leaves_no_job(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
     task = register(fresh_app)
     with psycopg.connect(fresh_dsn) as conn:
@@ -124,6 +133,7 @@ def test_job_is_invisible_to_others_until_the_enqueuer_commits(
         assert job_row(other, job.id) is not None
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_never_ends_or_reconfigures_the_callers_transaction(
     fresh_app: pgjobs.App, fresh_dsn: str
 ) -> None:
@@ -150,6 +160,7 @@ def test_enqueue_never_ends_or_reconfigures_the_callers_transaction(
     assert job_count(fresh_dsn) == 0
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_on_an_autocommit_connection(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
     task = register(fresh_app)
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
@@ -161,6 +172,7 @@ def test_enqueue_on_an_autocommit_connection(fresh_app: pgjobs.App, fresh_dsn: s
     assert [j.id for j in many] == [job.id + 1, job.id + 2]
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_without_a_connection_commits_on_the_apps_pool(
     fresh_app: pgjobs.App, fresh_dsn: str
 ) -> None:
@@ -279,6 +291,7 @@ def test_enqueue_many_of_nothing_sends_no_sql(
     assert register(pgjobs.App(), "x").enqueue_many(None, []) == []
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_many_stores_options_for_every_row(app: pgjobs.App, conn: Conn) -> None:
     task = register(app, queue="bulk", priority=5, max_attempts=2)
     delay, ttl = timedelta(seconds=90), timedelta(minutes=10)
@@ -298,6 +311,7 @@ def test_enqueue_many_stores_options_for_every_row(app: pgjobs.App, conn: Conn) 
     assert rows == [(run_at, run_at + ttl)] * 2
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_many_to_several_queues_through_separate_tasks(app: pgjobs.App, conn: Conn) -> None:
     mail = register(app, "mail.send", queue="mail")
     report = register(app, "report.build", queue="reports")
@@ -349,6 +363,7 @@ def test_enqueue_by_name_of_an_unregistered_task(app: pgjobs.App, conn: Conn) ->
 # -- async -----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_async_on_an_async_connection(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
     task = register(fresh_app, queue="mail")
 
@@ -375,6 +390,7 @@ def test_enqueue_async_on_an_async_connection(fresh_app: pgjobs.App, fresh_dsn: 
     assert users == [3, 4]
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_enqueue_async_without_a_connection(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
     task = register(fresh_app)
 
@@ -437,6 +453,7 @@ def listener(fresh_app: pgjobs.App, fresh_dsn: str) -> Iterator[Listener]:
         yield listening
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_notify_once_per_statement_after_commit(
     fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
 ) -> None:
@@ -460,6 +477,7 @@ def test_notify_once_per_statement_after_commit(
         assert sorted(listener.received()) == ["mail", "other", "reports"]
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_jobs_due_later_notify_nobody(
     fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
 ) -> None:
@@ -481,6 +499,7 @@ def test_jobs_due_later_notify_nobody(
         assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (6,)
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_an_app_with_notify_off_notifies_nobody(fresh_dsn: str, listener: Listener) -> None:
     app = pgjobs.App(dsn=fresh_dsn, notify=False)
     try:
@@ -498,6 +517,7 @@ def test_an_app_with_notify_off_notifies_nobody(fresh_dsn: str, listener: Listen
         app.close()
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_no_notify_after_rollback(
     fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
 ) -> None:
@@ -513,6 +533,7 @@ def test_no_notify_after_rollback(
     assert listener.received() == []
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_notify_on_autocommit_and_pool_enqueues(
     fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
 ) -> None:
@@ -527,6 +548,7 @@ def test_notify_on_autocommit_and_pool_enqueues(
 # -- missing schema, custom schema -------------------------------------------------------
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_schema_not_ready_when_never_migrated(empty_dsn: str) -> None:
     app = pgjobs.App(dsn=empty_dsn)
     task = register(app)
@@ -535,7 +557,8 @@ def test_schema_not_ready_when_never_migrated(empty_dsn: str) -> None:
             with pytest.raises(pgjobs.SchemaNotReady, match="pgjobs migrate") as info:
                 task.enqueue(conn, x=1)
             assert info.value.schema == "pgjobs"
-            assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
+            assert isinstance(info.value.__cause__, (psycopg.errors.UndefinedTable,
+                                                     psycopg.errors.InvalidSchemaName))
             conn.rollback()
             with pytest.raises(pgjobs.SchemaNotReady):
                 task.enqueue_many(conn, [{"x": 1}])
@@ -563,6 +586,7 @@ def test_schema_not_ready_when_the_schema_exists_without_tables(empty_dsn: str) 
     assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
 
 
+@pytest.mark.usefixtures("bulk_path")
 @pytest.mark.parametrize("schema", ["jobs_x", "Jobs_X"])  # the second needs quoting
 def test_custom_schema_is_separate_from_pgjobs(fresh_dsn: str, schema: str) -> None:
     _migrate.upgrade(fresh_dsn, schema)
@@ -592,3 +616,121 @@ def test_custom_schema_not_migrated_is_not_ready(fresh_dsn: str) -> None:
         register(app).enqueue(conn)
     assert info.value.schema == "not_migrated"
     assert "'not_migrated'" in str(info.value)
+
+
+# -- large enqueue_many by COPY ----------------------------------------------------------
+
+STORED = ("queue, task, args, args::text, priority, state, attempt, max_attempts, "
+          "run_at - created_at, expires_at - run_at, batch_id IS NOT NULL, unique_key, "
+          "concurrency_key, concurrency_limit, rate_limit, rate_period, errors, result, meta")
+
+
+def stored(conn: Conn, ids: list[int]) -> list[tuple[Any, ...]]:
+    query = f"SELECT {STORED} FROM pgjobs.jobs WHERE id = ANY(%s) ORDER BY id"
+    return conn.execute(query, (ids,)).fetchall()
+
+
+def test_a_large_enqueue_many_is_copied_and_stores_exactly_what_insert_stores(
+    fresh_app: pgjobs.App, fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COPY from COPY_MIN_ROWS rows: every column as the INSERT statement stores it,
+    including per-key limits (rows without a key have none), options, batches, and args
+    of every JSON kind, non-ASCII text included."""
+
+    @fresh_app.job(name="bulk.keyed", queue="bulk", priority=3, max_attempts=4,
+                   concurrency_key=lambda tenant=None, **_: tenant, concurrency_limit=2,
+                   rate_limit=5, rate_period=timedelta(seconds=7))
+    def keyed(n: int, tenant: str | None = None, payload: Any = None) -> None: ...
+
+    n = _app.COPY_MIN_ROWS
+    rows = [{"n": i, "tenant": None if i % 3 else f"t{i % 4}",
+             "payload": [i, "é😀\\u0000", {"deep": {"x": 1.5}}, None, True]} for i in range(n)]
+    later = keyed.options(run_in=timedelta(minutes=5), expires_in=timedelta(hours=1))
+
+    def enqueue_both_ways(conn: Conn) -> tuple[list[int], list[int]]:
+        batch = fresh_app.batch(conn)
+        copied = [j.id for j in batch.enqueue_many(later, rows)]
+        with monkeypatch.context() as patch:
+            patch.setattr(_app, "COPY_MIN_ROWS", 10**9)
+            inserted = [j.id for j in batch.enqueue_many(later, rows)]
+        assert batch.status().total == 2 * n
+        return copied, inserted
+
+    with psycopg.connect(fresh_dsn, cursor_factory=CountingCursor) as copying:
+        CountingCursor.statements = []
+        copied, inserted = enqueue_both_ways(copying)
+        copying.commit()
+    assert any(text.lstrip().startswith("SELECT array(SELECT nextval")
+               for text in CountingCursor.statements)
+    assert copied == sorted(copied) and len(set(copied)) == n
+    with psycopg.connect(fresh_dsn) as conn:
+        as_copied, as_inserted = stored(conn, copied), stored(conn, inserted)
+    assert as_copied == as_inserted
+    assert [row[2] for row in as_copied] == rows
+    assert {row[12:16] for row in as_copied} == {
+        (None, None, None, None), *((f"t{k}", 2, 5, timedelta(seconds=7)) for k in range(4))}
+
+
+def test_a_copied_enqueue_many_into_a_finished_batch_is_refused_and_writes_nothing(
+    fresh_app: pgjobs.App, fresh_dsn: str
+) -> None:
+    task = register(fresh_app)
+    with psycopg.connect(fresh_dsn) as conn:
+        batch = fresh_app.batch(conn)
+        batch.enqueue(task, n=0)
+        conn.commit()
+    assert drain(fresh_app) == {"succeeded": 1}
+    with psycopg.connect(fresh_dsn) as conn:
+        with pytest.raises(pgjobs.BatchFinished, match="already succeeded"):
+            task.options(batch=batch.id).enqueue_many(
+                conn, [{"n": i} for i in range(_app.COPY_MIN_ROWS)])
+        conn.rollback()
+    assert job_count(fresh_dsn) == 1
+
+
+def test_a_copied_enqueue_many_on_an_autocommit_connection_is_one_transaction(
+    fresh_app: pgjobs.App, fresh_dsn: str, listener: Listener
+) -> None:
+    """Reserving ids and notifying, then COPY: together or not at all."""
+    task = register(fresh_app, queue="mail")
+    rows = [{"n": i} for i in range(_app.COPY_MIN_ROWS)]
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        jobs = task.enqueue_many(conn, rows)
+        assert conn.info.transaction_status == IDLE and conn.autocommit
+        assert job_count(fresh_dsn) == len(rows)
+        assert listener.received() == ["mail"]
+        with pytest.raises(pgjobs.InvalidArgs):  # refused before any SQL
+            task.enqueue_many(conn, [*rows, {"n": float("nan")}])
+        bad = task.options(max_attempts=2**31 - 1)
+        conn.execute("ALTER TABLE pgjobs.jobs ADD CONSTRAINT no_n_7 "
+                     "CHECK ((args->>'n')::int <> 7) NOT VALID")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            bad.enqueue_many(conn, rows)
+        assert conn.info.transaction_status == IDLE
+    assert job_count(fresh_dsn) == len(rows)
+    assert listener.received() == []  # the failed COPY's notification never went out
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+
+
+def test_a_large_enqueue_many_in_a_pipeline_is_inserted(
+    fresh_app: pgjobs.App, fresh_dsn: str
+) -> None:
+    """COPY is not allowed in pipeline mode: the INSERT statement is used there."""
+    task = register(fresh_app)
+    rows = [{"n": i} for i in range(_app.COPY_MIN_ROWS)]
+
+    async def on_async() -> list[pgjobs.Enqueued]:
+        async with await psycopg.AsyncConnection.connect(fresh_dsn) as aconn:
+            async with aconn.pipeline():
+                jobs = await task.enqueue_many_async(aconn, rows)
+            await aconn.commit()
+        return jobs
+
+    with psycopg.connect(fresh_dsn) as conn, conn.pipeline():
+        first = task.enqueue_many(conn, rows)
+    second = asyncio.run(on_async())
+    assert job_count(fresh_dsn) == 2 * len(rows)
+    with psycopg.connect(fresh_dsn) as conn:
+        args = conn.execute("SELECT (args->>'n')::int FROM pgjobs.jobs WHERE id = ANY(%s) "
+                            "ORDER BY id", ([j.id for j in first + second],)).fetchall()
+    assert [a for (a,) in args] == [r["n"] for r in rows] * 2
