@@ -189,6 +189,7 @@ class Worker:
         self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
         self.ready: deque[JobContext] = deque()  # claimed ahead, waiting for a free slot
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
+        self.claimed_limited = False  # whether the last claim sent job_claim_limited
         self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.summary = Summary(config.summary_interval)
@@ -356,8 +357,21 @@ class Worker:
             if jobs is None:
                 continue
             self._accept(jobs)
-            if jobs:
-                continue  # more may be due: a claim can stop short of `want` (key limits)
+            if len(jobs) >= want or (jobs and self.claimed_limited):
+                # More may be due (a limited claim stops short of `want` at key limits).
+                # The jobs just accepted start first: the loop yields before it claims.
+                await asyncio.sleep(0)
+                continue
+            # Every job due is claimed: the router's periodic work, then maybe its sweep.
+            swept = await self._claim(want - len(jobs), sweep=True)
+            if swept:
+                self._accept(swept)
+                continue
+            if jobs or swept is None:
+                # Claim again when woken (a notification, a finished job, a stop) or at
+                # the next poll.
+                await self._idle(self.config.poll_interval)
+                continue
             if self.config.burst and not self.running and not self.ready:
                 await self.completer.drain()  # retries written as due may be claimable
                 jobs = await self._claim(want)
@@ -384,11 +398,19 @@ class Worker:
             return False
         return True
 
-    async def _claim(self, limit: int) -> list[ClaimedJob] | None:
-        """Claim up to ``limit`` jobs (None after a connection failure)."""
+    async def _claim(self, limit: int, sweep: bool = False) -> list[ClaimedJob] | None:
+        """Claim up to ``limit`` jobs (None after a connection failure). With ``sweep``,
+        only when the router has periodic work due (else [])."""
         try:
             conn = await self.claim_db.get()
-            statement = await self.router.statement(conn)
+            if sweep:
+                chosen = await self.router.when_idle(conn)
+                if chosen is None or limit <= 0:
+                    return []
+                statement: sql.SQL | sql.Composed = chosen
+            else:
+                statement = await self.router.statement(conn)
+            self.claimed_limited = statement is not self.queries.job_claim
             _failpoints.hit("before_claim")
             sent = time.monotonic()
             cursor = await conn.execute(statement, {

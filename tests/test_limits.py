@@ -3,6 +3,7 @@ a time, then four worker processes whose recorded runs must never exceed a limit
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import pgjobs
-from pgjobs import _migrate, _revision
+from pgjobs import _limits, _migrate, _queries, _revision
 from pgjobs._cli import cli
 from pgjobs.testing import drain
 from tests.helpers import job_state, query, scalar, wait_until
@@ -277,3 +278,110 @@ def test_a_resumed_queue_wakes_idle_workers(dsn: str, spawn: Spawner) -> None:
     wait_until(lambda: job_state(dsn, paused) == "succeeded", 30, "the resumed job")
     worker.signal(signal.SIGTERM)
     assert worker.wait(60) == 0
+
+
+# -- the claim router --------------------------------------------------------------------
+
+
+class FakeClaimConn:
+    """Answers the router's queue_limited query with ``limited``; counts the reads."""
+
+    def __init__(self) -> None:
+        self.limited: list[str] = []
+        self.reads = 0
+
+    async def execute(self, query: Any, params: Any) -> FakeClaimConn:
+        self.reads += 1
+        return self
+
+    async def fetchall(self) -> list[tuple[str]]:
+        return [(name,) for name in self.limited]
+
+
+def router_at(keyed: bool = False) -> tuple[_limits.ClaimRouter, list[float], FakeClaimConn]:
+    now = [100.0]
+    router = _limits.ClaimRouter(_queries.Queries("pgjobs"), ["default"], keyed=keyed,
+                                 refresh=1.0, clock=lambda: now[0])
+    return router, now, FakeClaimConn()
+
+
+def test_the_router_sweeps_and_rereads_limits_when_idle_not_before_a_notified_claim() -> None:
+    router, now, conn = router_at()
+    plain, limited = router.queries.job_claim, router.queries.job_claim_limited
+
+    async def scenario() -> None:
+        # The first claim knows the limits and sweeps.
+        assert await router.statement(conn) is limited and conn.reads == 1
+        # Then plain claims, however many, with no extra round trip.
+        now[0] += 0.5
+        assert await router.statement(conn) is plain and conn.reads == 1
+        assert await router.when_idle(conn) is None and conn.reads == 1
+        # Once a second, when idle: the limits are re-read and a sweep is due, once.
+        now[0] += 0.6
+        assert await router.when_idle(conn) is limited and conn.reads == 2
+        assert await router.when_idle(conn) is None and conn.reads == 2
+        assert await router.statement(conn) is plain and conn.reads == 2
+        # A worker never idle still sweeps and re-reads, a second late.
+        now[0] += 2.0
+        assert await router.statement(conn) is limited and conn.reads == 3
+        assert await router.statement(conn) is plain and conn.reads == 3
+        # A limit on one of its queues makes every claim limited, and no sweep is needed.
+        conn.limited = ["default"]
+        now[0] += 1.0
+        assert await router.when_idle(conn) is None and conn.reads == 4
+        assert await router.statement(conn) is limited
+        conn.limited = []
+        now[0] += 1.0
+        assert await router.when_idle(conn) is limited and conn.reads == 5
+        assert await router.statement(conn) is plain
+
+    asyncio.run(scenario())
+
+
+def test_a_router_for_keyed_tasks_always_claims_limited() -> None:
+    router, now, conn = router_at(keyed=True)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            assert await router.statement(conn) is router.queries.job_claim_limited
+            assert await router.when_idle(conn) is None
+            now[0] += 0.7
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_whose_code_does_not_know_a_job_is_keyed_claims_it_by_the_sweep(
+    fresh_dsn: str,
+) -> None:
+    """Another version of the code enqueued a keyed job: this worker's notified (plain)
+    claims skip it, and its once-a-second sweep, made when idle, claims it."""
+    producer, consumer = pgjobs.App(dsn=fresh_dsn), pgjobs.App(dsn=fresh_dsn)
+    ran: list[int] = []
+
+    @producer.job(name="keyed_elsewhere", concurrency_key="n{n}", concurrency_limit=1)
+    def keyed(n: int) -> None: ...
+
+    @consumer.job(name="keyed_elsewhere")
+    def unkeyed(n: int) -> None:
+        ran.append(n)
+
+    async def scenario() -> None:
+        worker = pgjobs.Worker(consumer, pgjobs.WorkerConfig(poll_interval=30))
+        run = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(1.5)  # past the first claim's sweep, idle, listening
+            await asyncio.to_thread(keyed.enqueue, None, n=7)
+            for _ in range(200):
+                if ran:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await run
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        producer.close()
+        consumer.close()
+    assert ran == [7]
