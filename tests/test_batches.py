@@ -4,13 +4,17 @@ tests/chaos/test_batch_counters.py."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 import pgjobs
+from pgjobs import _executor
+from pgjobs._job import JobContext
 from pgjobs.testing import drain
+from tests.chaos.harness import claim
 from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
 
@@ -167,3 +171,58 @@ def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> 
             again.on_death(callback, tag="late")
         conn.rollback()
         again.on_success(callback, tag="still possible")  # success has not happened
+
+
+def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str) -> None:
+    """Four flushes at a time, each over jobs of the same batches in opposite orders (a
+    parent batch included): every flush locks its batch rows in id order before touching
+    a job, so none waits in a cycle. Run without the completer's retry, so a deadlock
+    would surface here as DeadlockDetected."""
+    batches, per, threads, rounds = 6, 24, 4, 3
+    with psycopg.connect(dsn) as conn:
+        parent = app.batch(conn, description="parent")
+        parent.enqueue(member, n=-1)
+        ids = []
+        for b in range(batches):
+            batch = parent.child(description=f"b{b}") if b % 2 else app.batch(conn)
+            batch.enqueue_many(member, [{"n": n} for n in range(per * rounds)])
+            ids.append(batch.id)
+        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        claimed = claim(conn, limit=batches * per * rounds + 1)
+    by_batch: dict[int, list[JobContext]] = {}
+    for ctx in claimed:
+        by_batch.setdefault(ctx.job.batch_id or 0, []).append(ctx)
+    deadlocks: list[str] = []
+    success = _executor.Outcome(_executor.SUCCEEDED, result="1")
+
+    def flush(k: int, r: int, start: threading.Barrier) -> None:
+        # Thread k takes its share of every batch; even threads go up the batch ids,
+        # odd ones down, so their flushes lock the same rows in opposite orders.
+        order = sorted(by_batch, reverse=bool(k % 2))
+        mine = [ctx for b in order
+                for ctx in by_batch[b][r * per:(r + 1) * per][k::threads]]
+        rows = [(ctx.id, ctx.job.lease_token, _executor.outcome_row(success)) for ctx in mine]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start.wait()
+            try:
+                conn.execute(app.queries.job_complete_many, _executor.outcomes_param(rows))
+            except psycopg.errors.DeadlockDetected as exc:
+                deadlocks.append(str(exc))
+
+    for r in range(rounds):
+        start = threading.Barrier(threads)
+        workers = [threading.Thread(target=flush, args=(k, r, start)) for k in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(60)
+    assert deadlocks == []
+    parent_job = by_batch[parent.id][0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(app.queries.job_complete_many, _executor.outcomes_param(
+            [(parent_job.id, parent_job.job.lease_token, _executor.outcome_row(success))]))
+    states = query(dsn, "SELECT id, pending, succeeded, state FROM pgjobs.batches "
+                        "ORDER BY id")
+    assert states == [(parent.id, 0, 1, "succeeded")] + [
+        (b, 0, per * rounds, "succeeded") for b in ids]

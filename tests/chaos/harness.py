@@ -172,8 +172,9 @@ def write_outcomes(conn: psycopg.Connection[Any],
     """One flush of the completer's statement (rows as its ``outcome_row`` makes them) on
     an autocommit connection; returns the ids written, one per row changed. Like the
     completer, it runs the statement again when PostgreSQL aborted it as a deadlock
-    victim (flushes lock the batches of their jobs in no set order): the statement is
-    all or nothing, so the retry is the flush."""
+    victim (rare since flushes lock their batches in id order, but a stale flush and a
+    reclaim can still cross): the statement is all or nothing, so the retry is the
+    flush."""
     assert conn.autocommit
     rows = []
     for ctx, outcome in writes:
