@@ -206,6 +206,25 @@ FROM {schema}.batches WHERE id = %(id)s
 
 # -- worker: claim, heartbeat, outcomes --------------------------------------------------
 
+# A job holding a unique key until it starts (unique_until="start") is claimed only if
+# its hold can be locked now: the jobs' trigger deletes that hold when the claim starts
+# the job. A duplicate enqueue locks the hold until its transaction ends, and an enqueue
+# takes several keys one after another; a claim that waited there would hold up all its
+# jobs for as long as the caller's transaction lasts, and could deadlock with it. Such a
+# job is left for a later claim instead.
+_START_HOLD_FREE = """
+(J.unique_key IS NULL
+ OR NOT EXISTS (SELECT FROM {schema}.unique_keys AS u
+                WHERE u.key = J.unique_key AND u.job_id = J.id AND u.release_on = 'start')
+ OR EXISTS (SELECT FROM {schema}.unique_keys AS u
+            WHERE u.key = J.unique_key AND u.job_id = J.id AND u.release_on = 'start'
+            FOR UPDATE SKIP LOCKED))"""
+
+
+def _start_hold_free(alias: str) -> str:
+    return _START_HOLD_FREE.replace("J.", f"{alias}.")
+
+
 # Claims up to %(limit)s due jobs of the worker's queues in one statement.
 # - Per queue, a LATERAL subquery walks jobs_claim_idx in claim order and stops after
 #   %(limit)s rows, so the cost does not grow with the backlog; the outer ORDER BY merges
@@ -242,10 +261,11 @@ candidates AS (
     FROM settings AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at, recoveries
-        FROM {schema}.jobs
+        FROM {schema}.jobs AS a
         WHERE queue = q.name AND state = 'available' AND run_at <= now()
           AND (expires_at IS NULL OR expires_at > now())
           AND concurrency_key IS NULL
+          AND """ + _start_hold_free("a") + """
           AND (recoveries = 0 OR NOT EXISTS (
               SELECT FROM {schema}.jobs AS mine
               WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
@@ -348,6 +368,7 @@ candidates AS MATERIALIZED (
         FROM {schema}.jobs AS a
         WHERE a.queue = q.name AND a.state = 'available' AND a.run_at <= now()
           AND (a.expires_at IS NULL OR a.expires_at > now())
+          AND """ + _start_hold_free("a") + """
           -- Step over jobs whose key is full as this snapshot sees it, so one busy key
           -- cannot block the jobs queued behind it. (The grant below is exact.)
           AND (a.concurrency_key IS NULL OR (

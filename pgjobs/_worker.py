@@ -235,7 +235,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._immediately = asyncio.Event()
         dsn, prepare = self.app.dsn, self.app.config.prepare_threshold is not None
-        self.claim_db = Connector(dsn, "claim", prepare, configure=_lenient_json)
+        self.claim_db = Connector(dsn, "claim", prepare, configure=_lenient_json,
+                                  generic_plans=True)
         self.beat_db = Connector(dsn, "heartbeat", prepare)
         self.maintenance_db = Connector(dsn, "maintenance", prepare)
         self.maintenance_runner = self._maintenance(self.maintenance_db)

@@ -98,6 +98,72 @@ def test_unique_until_start_releases_at_claim_and_success_holds_while_running(
     assert again_success.duplicate and again_success.id == success.id
 
 
+CLAIM_ALL = {"queues": ["default"], "limit": 50, "lease": timedelta(seconds=30),
+             "worker_id": None}
+
+
+@pytest.mark.parametrize("statement", ["job_claim", "job_claim_limited"])
+def test_a_caller_holding_a_duplicate_open_delays_that_job_not_the_claim(
+    dsn: str, statement: str
+) -> None:
+    """A duplicate enqueue locks the start hold until the caller's transaction ends. The
+    claim does not wait for it: it starts every other job at once and leaves that one,
+    which the next claim after the caller's commit starts."""
+    held = unique_start.enqueue(None, key="busy")
+    free = [member.enqueue(None, n=n).id for n in range(3)]
+    with psycopg.connect(dsn) as caller, \
+            psycopg.connect(dsn, autocommit=True, options="-c lock_timeout=5s") as worker:
+        assert unique_start.enqueue(caller, key="busy").duplicate  # open, holding the lock
+        claimed = worker.execute(getattr(app.queries, statement), CLAIM_ALL).fetchall()
+        assert sorted(row[0] for row in claimed) == free
+        caller.commit()
+        claimed = worker.execute(getattr(app.queries, statement), CLAIM_ALL).fetchall()
+        assert [row[0] for row in claimed] == [held.id]
+    assert holders(dsn) == {}
+
+
+def test_claims_and_a_caller_taking_start_holds_in_another_order_never_deadlock(
+    dsn: str,
+) -> None:
+    """Jobs enqueued in descending key order are claimed in that order while a caller
+    enqueues duplicates of the same keys in ascending order in one transaction: the
+    claim skips the holds the caller has locked instead of waiting in a cycle."""
+    keys, deadlocks = 12, []
+    for _ in range(8):
+        for k in reversed(range(keys)):
+            unique_start.enqueue(None, key=f"k{k:02d}")
+        start = threading.Barrier(2)
+
+        def claimer(start: threading.Barrier) -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                start.wait()
+                try:
+                    conn.execute(app.queries.job_claim, CLAIM_ALL)
+                except psycopg.errors.DeadlockDetected:
+                    deadlocks.append("claim")
+
+        def caller(start: threading.Barrier) -> None:
+            with psycopg.connect(dsn) as conn:
+                start.wait()
+                try:
+                    for k in range(keys):
+                        unique_start.enqueue(conn, key=f"k{k:02d}")
+                    conn.commit()
+                except psycopg.errors.DeadlockDetected:
+                    deadlocks.append("enqueue")
+                    conn.rollback()
+
+        threads = [threading.Thread(target=claimer, args=(start,)),
+                   threading.Thread(target=caller, args=(start,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        query(dsn, "DELETE FROM pgjobs.jobs")
+    assert deadlocks == []
+    assert holders(dsn) == {}
+
+
 def key_digest(value: str) -> str:
     import hashlib
     import json

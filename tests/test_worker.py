@@ -622,3 +622,26 @@ def test_the_worker_refuses_a_schema_flag_that_contradicts_the_app(dsn: str) -> 
     )
     assert done.returncode == 1
     assert "the app's schema decides" in done.stderr
+
+
+@pytest.mark.parametrize(("prepare", "mode"), [(True, "force_generic_plan"), (False, "auto")])
+def test_the_claim_connection_keeps_generic_plans_unless_it_prepares_nothing(
+    shared_dsn: str, prepare: bool, mode: str
+) -> None:
+    """The claim statements are planned once per connection, not at each claim (the plan
+    cache alone replans job_claim_limited every time, ~2 ms). Behind PgBouncer nothing is
+    prepared and no session setting is left on a pooled server connection."""
+    from pgjobs._db import Connector
+
+    async def setting() -> str:
+        connector = Connector(shared_dsn, "claim", prepare, generic_plans=True)
+        try:
+            conn = await connector.get()
+            cursor = await conn.execute("SHOW plan_cache_mode")
+            row = await cursor.fetchone()
+            assert row is not None
+            return str(row[0])
+        finally:
+            await connector.close()
+
+    assert asyncio.run(setting()) == mode
