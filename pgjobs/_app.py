@@ -10,34 +10,35 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
-from itertools import repeat
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from . import _admin
+from . import _admin, _enqueue
 from ._admin import JobChange
 from ._batches import Batch, BatchStatus, create_batch, get_status
-from ._db import TRANSIENT, atuples, tuples
+from ._db import TRANSIENT
 from ._enqueue import (
+    AnyStatement,
     ArgsEncoder,
+    CopyStatement,
     Enqueued,
     JobOptions,
     SpecialRows,
+    Statement,
     check_schema,
     check_task_name,
     job_params,
     many_rows,
-    translated_errors,
+    without_results,
 )
 from ._errors import (
     ConfigurationError,
-    DuplicateJob,
     InvalidOption,
     MissingDatabaseURL,
     UnknownTask,
@@ -526,7 +527,7 @@ class Task(Generic[P, R]):
         """Validate every row and build the statement that enqueues them."""
         app, opts, encode = self.app, self.opts, self.encoder.encode
         channel = app.config.channel if app.config.notify else None
-        if copy and len(rows) >= COPY_MIN_ROWS and not opts.unique:
+        if copy and len(rows) >= _enqueue.COPY_MIN_ROWS and not opts.unique:
             keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
             params = job_params(self.name, opts, "", channel)
             params.update(sequence=app.queries.sequence, n=len(rows), batch_id=opts.batch_id)
@@ -541,138 +542,11 @@ class Task(Generic[P, R]):
         if len(rows) == 1:
             params = job_params(self.name, opts, encode(rows[0]), channel,
                                 self._limits(rows[0]))
-            return Statement(self, app.queries.job_insert, params, 1, _ids)
+            return Statement(self, app.queries.job_insert, params, 1, without_results)
         keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
         params = job_params(self.name, opts, "", channel, self._limit_values())
         params["rows"] = many_rows([encode(kw) for kw in rows], keys)
-        return Statement(self, app.queries.job_insert_many, params, len(rows), _ids)
-
-
-def _ids(rows: list[tuple[Any, ...]]) -> list[Enqueued]:
-    return [Enqueued(row[0]) for row in rows]
-
-
-COPY_MIN_ROWS = 500
-"""``enqueue_many`` calls of this many rows or more, without unique keys, send their rows
-with binary COPY: two more round trips than one INSERT, and about half the server time
-per row (docs/benchmarks.md)."""
-
-# Column types of job_copy, in order. args goes as jsonb's binary form (a version byte,
-# then the JSON text), declared bytea so that the driver sends those bytes untouched.
-COPY_TYPES = ("int8", "text", "text", "bytea", "int2", "int4", "timestamptz", "timestamptz",
-              "int8", "text", "int4", "int4", "interval")
-JSONB_VERSION = b"\x01"
-
-
-@dataclass(frozen=True, slots=True)
-class CopyStatement:
-    """Many jobs without unique keys: ids, times, the batch count and the notification
-    from ``job_reserve_many``, then the rows by binary COPY, in the caller's transaction."""
-
-    task: Task[..., Any]
-    params: dict[str, Any]
-    args: list[str]
-    """Each row's encoded args, in input order."""
-    keys: list[str | None] | None
-    """Each row's concurrency key (tasks with a per-key limit only)."""
-    kwargs: list[Mapping[str, Any]]
-    """The rows as given, for the INSERT statement when COPY cannot be used."""
-
-    @property
-    def size(self) -> int:
-        return len(self.args)
-
-    def run(self, conn: AnyConnection) -> list[Enqueued]:
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:  # no COPY in a pipeline
-            return self.task._statement(self.kwargs, copy=False).run(conn)
-        if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            # Two statements: one transaction, so that nobody is woken (or a batch
-            # counted) for rows that are not there.
-            with conn.transaction():
-                return self._run(conn)
-        return self._run(conn)
-
-    def _run(self, conn: AnyConnection) -> list[Enqueued]:
-        queries = self.task.app.queries
-        with translated_errors(self.task.app.config.schema):
-            cursor = tuples(conn)
-            reserved = cursor.execute(queries.job_reserve_many, self.params).fetchone()
-            assert reserved is not None
-            with cursor.copy(queries.job_copy) as copy:
-                copy.set_types(COPY_TYPES)
-                for row in self.rows(*reserved[:3]):
-                    copy.write_row(row)
-        return [Enqueued(job_id) for job_id in reserved[0]]
-
-    async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
-        if aconn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            return await self.task._statement(self.kwargs, copy=False).arun(aconn)
-        if aconn.autocommit and aconn.info.transaction_status == pq.TransactionStatus.IDLE:
-            async with aconn.transaction():
-                return await self._arun(aconn)
-        return await self._arun(aconn)
-
-    async def _arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
-        queries = self.task.app.queries
-        with translated_errors(self.task.app.config.schema):
-            cursor = atuples(aconn)
-            await cursor.execute(queries.job_reserve_many, self.params)
-            reserved = await cursor.fetchone()
-            assert reserved is not None
-            async with cursor.copy(queries.job_copy) as copy:
-                copy.set_types(COPY_TYPES)
-                for row in self.rows(*reserved[:3]):
-                    await copy.write_row(row)
-        return [Enqueued(job_id) for job_id in reserved[0]]
-
-    def rows(self, ids: list[int], due: datetime, expires: datetime | None
-             ) -> Iterator[tuple[Any, ...]]:
-        """job_copy's rows; a row without a concurrency key has no per-key limit."""
-        task, opts = self.task, self.task.opts
-        head = (opts.queue, task.name)
-        tail = (opts.priority, opts.max_attempts, due, expires, opts.batch_id)
-        limits = task._limit_values()
-        limited = (limits["concurrency_limit"], limits["rate_limit"], limits["rate_period"])
-        unlimited = (None, None, None)
-        keys = self.keys if self.keys is not None else repeat(None)
-        for job_id, args, key in zip(ids, self.args, keys, strict=False):
-            yield (job_id, *head, JSONB_VERSION + args.encode(), *tail, key,
-                   *(unlimited if key is None else limited))
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    """One enqueue statement, ready to run on a sync or async connection."""
-
-    task: Task[..., Any]
-    query: sql.SQL | sql.Composed
-    params: dict[str, Any]
-    size: int
-    decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
-    keys: list[str | None] = field(default_factory=list)
-    """Each input row's unique key (unique enqueues only)."""
-
-    def run(self, conn: AnyConnection) -> list[Enqueued]:
-        with translated_errors(self.task.app.config.schema):
-            rows = tuples(conn).execute(self.query, self.params).fetchall()
-        return self.check(self.decode(rows))
-
-    async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
-        with translated_errors(self.task.app.config.schema):
-            cursor = await atuples(aconn).execute(self.query, self.params)
-            rows = await cursor.fetchall()
-        return self.check(self.decode(rows))
-
-    def check(self, results: list[Enqueued]) -> list[Enqueued]:
-        opts = self.task.opts
-        if opts.on_duplicate == "raise":
-            for key, result in zip(self.keys, results, strict=True):
-                if result.duplicate:
-                    raise DuplicateJob(self.task.name, key or "", result.id)
-        return results
-
-
-AnyStatement = Statement | CopyStatement
+        return Statement(self, app.queries.job_insert_many, params, len(rows), without_results)
 
 
 def _encoder_for(app: App, name: str, fn: Callable[..., Any] | None) -> ArgsEncoder:

@@ -1,8 +1,10 @@
-"""Validation and row building for enqueue, shared by the sync and async entry points.
+"""Enqueue: validation, row building and the statements that write the rows, shared by
+the sync and async entry points.
 
-Everything here runs before any SQL is sent, so bad input is refused with a typed error
-and the caller's transaction is untouched. The entry points in ``_app`` only pick a
-connection and execute the statement built here.
+Validation and row building run before any SQL is sent, so bad input is refused with a
+typed error and the caller's transaction is untouched. The entry points in ``_app`` only
+pick a connection and run the statement built here: one INSERT (``Statement``), or for
+large ``enqueue_many`` calls a reservation and a binary COPY (``CopyStatement``).
 """
 
 from __future__ import annotations
@@ -11,22 +13,32 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from typing import Any
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import pq, sql
 
+from ._db import atuples, tuples
 from ._errors import (
     ArgsTooLarge,
     BatchFinished,
+    DuplicateJob,
     InvalidArgs,
     InvalidName,
     InvalidOption,
     SchemaNotReady,
 )
 from ._limits import NO_KEY_LIMIT
+
+if TYPE_CHECKING:
+    from ._app import Task
+
+AnyConnection = psycopg.Connection[Any]
+AnyAsyncConnection = psycopg.AsyncConnection[Any]
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:<>\-]{0,254}")
@@ -498,3 +510,142 @@ def translated_errors(schema: str) -> Iterator[None]:
             diag = exc.diag
             raise BatchFinished(f"{diag.message_primary} ({diag.message_hint})") from exc
         raise
+
+
+def without_results(rows: list[tuple[Any, ...]]) -> list[Enqueued]:
+    """The rows of a statement that returns only job ids: none is a duplicate."""
+    return [Enqueued(row[0]) for row in rows]
+
+
+COPY_MIN_ROWS = 500
+"""``enqueue_many`` calls of this many rows or more, without unique keys, send their rows
+with binary COPY: two more round trips than one INSERT, and about half the server time
+per row (docs/benchmarks.md)."""
+
+# Column types of job_copy, in order. args goes as jsonb's binary form (a version byte,
+# then the JSON text), declared bytea so that the driver sends those bytes untouched.
+COPY_TYPES = ("int8", "text", "text", "bytea", "int2", "int4", "timestamptz", "timestamptz",
+              "int8", "text", "int4", "int4", "interval")
+JSONB_VERSION = b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyStatement:
+    """Many jobs without unique keys: ids, times, the batch count and the notification
+    from ``job_reserve_many``, then the rows by binary COPY, in the caller's transaction."""
+
+    task: Task[..., Any]
+    params: dict[str, Any]
+    args: list[str]
+    """Each row's encoded args, in input order."""
+    keys: list[str | None] | None
+    """Each row's concurrency key (tasks with a per-key limit only)."""
+    kwargs: list[Mapping[str, Any]]
+    """The rows as given, for the INSERT statement when COPY cannot be used."""
+
+    @property
+    def size(self) -> int:
+        return len(self.args)
+
+    def run(self, conn: AnyConnection) -> list[Enqueued]:
+        mode = _copy_mode(conn)
+        if mode == INSERT:
+            return self.task._statement(self.kwargs, copy=False).run(conn)
+        with conn.transaction() if mode == OWN_TRANSACTION else nullcontext():
+            return self._run(conn)
+
+    def _run(self, conn: AnyConnection) -> list[Enqueued]:
+        queries = self.task.app.queries
+        with translated_errors(self.task.app.config.schema):
+            cursor = tuples(conn)
+            reserved = cursor.execute(queries.job_reserve_many, self.params).fetchone()
+            assert reserved is not None
+            with cursor.copy(queries.job_copy) as copy:
+                copy.set_types(COPY_TYPES)
+                for row in self.rows(*reserved[:3]):
+                    copy.write_row(row)
+        return [Enqueued(job_id) for job_id in reserved[0]]
+
+    async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
+        mode = _copy_mode(aconn)
+        if mode == INSERT:
+            return await self.task._statement(self.kwargs, copy=False).arun(aconn)
+        async with aconn.transaction() if mode == OWN_TRANSACTION else nullcontext():
+            return await self._arun(aconn)
+
+    async def _arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
+        queries = self.task.app.queries
+        with translated_errors(self.task.app.config.schema):
+            cursor = atuples(aconn)
+            await cursor.execute(queries.job_reserve_many, self.params)
+            reserved = await cursor.fetchone()
+            assert reserved is not None
+            async with cursor.copy(queries.job_copy) as copy:
+                copy.set_types(COPY_TYPES)
+                for row in self.rows(*reserved[:3]):
+                    await copy.write_row(row)
+        return [Enqueued(job_id) for job_id in reserved[0]]
+
+    def rows(self, ids: list[int], due: datetime, expires: datetime | None
+             ) -> Iterator[tuple[Any, ...]]:
+        """job_copy's rows; a row without a concurrency key has no per-key limit."""
+        task, opts = self.task, self.task.opts
+        head = (opts.queue, task.name)
+        tail = (opts.priority, opts.max_attempts, due, expires, opts.batch_id)
+        limits = task._limit_values()
+        limited = (limits["concurrency_limit"], limits["rate_limit"], limits["rate_period"])
+        unlimited = (None, None, None)
+        keys = self.keys if self.keys is not None else repeat(None)
+        for job_id, args, key in zip(ids, self.args, keys, strict=False):
+            yield (job_id, *head, JSONB_VERSION + args.encode(), *tail, key,
+                   *(unlimited if key is None else limited))
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One enqueue statement, ready to run on a sync or async connection."""
+
+    task: Task[..., Any]
+    query: sql.SQL | sql.Composed
+    params: dict[str, Any]
+    size: int
+    decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
+    keys: list[str | None] = field(default_factory=list)
+    """Each input row's unique key (unique enqueues only)."""
+
+    def run(self, conn: AnyConnection) -> list[Enqueued]:
+        with translated_errors(self.task.app.config.schema):
+            rows = tuples(conn).execute(self.query, self.params).fetchall()
+        return self.check(self.decode(rows))
+
+    async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
+        with translated_errors(self.task.app.config.schema):
+            cursor = await atuples(aconn).execute(self.query, self.params)
+            rows = await cursor.fetchall()
+        return self.check(self.decode(rows))
+
+    def check(self, results: list[Enqueued]) -> list[Enqueued]:
+        opts = self.task.opts
+        if opts.on_duplicate == "raise":
+            for key, result in zip(self.keys, results, strict=True):
+                if result.duplicate:
+                    raise DuplicateJob(self.task.name, key or "", result.id)
+        return results
+
+
+AnyStatement = Statement | CopyStatement
+
+
+INSERT, IN_CALLERS, OWN_TRANSACTION = "insert", "in the caller's transaction", "own"
+
+
+def _copy_mode(conn: AnyConnection | AnyAsyncConnection) -> str:
+    """How a CopyStatement runs on ``conn``: as the INSERT statement in pipeline mode,
+    where COPY is refused; in a short transaction of its own on an idle autocommit
+    connection, so that nobody is woken (or a batch counted) for rows that are not
+    there; else in the caller's transaction."""
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        return INSERT
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        return OWN_TRANSACTION
+    return IN_CALLERS

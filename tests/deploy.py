@@ -19,7 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgjobs
-from pgjobs import _app
+from pgjobs import _enqueue
 from pgjobs._devserver import _ensure_user, _reachable, free_port
 from tests.workerapps import deployed
 
@@ -120,7 +120,7 @@ class Produced:
 
 def many_by_copy(start: int) -> list[dict[str, int]]:
     """Enough rows for enqueue_many to send them by COPY."""
-    return [{"n": n} for n in range(start, start + _app.COPY_MIN_ROWS)]
+    return [{"n": n} for n in range(start, start + _enqueue.COPY_MIN_ROWS)]
 
 
 def enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:

@@ -15,7 +15,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 import pgjobs
-from pgjobs import _app, _migrate
+from pgjobs import _enqueue, _migrate
 from pgjobs.testing import drain
 
 Conn = psycopg.Connection[Any]
@@ -62,7 +62,7 @@ class CountingCursor(psycopg.Cursor[Any]):
 def bulk_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test with enqueue's INSERT statements, then with the COPY path that large
     enqueue_many calls take (here from one row: single enqueues too)."""
-    monkeypatch.setattr(_app, "COPY_MIN_ROWS", 10**9 if request.param == "insert" else 1)
+    monkeypatch.setattr(_enqueue, "COPY_MIN_ROWS", 10**9 if request.param == "insert" else 1)
     return str(request.param)
 
 
@@ -642,7 +642,7 @@ def test_a_large_enqueue_many_is_copied_and_stores_exactly_what_insert_stores(
                    rate_limit=5, rate_period=timedelta(seconds=7))
     def keyed(n: int, tenant: str | None = None, payload: Any = None) -> None: ...
 
-    n = _app.COPY_MIN_ROWS
+    n = _enqueue.COPY_MIN_ROWS
     rows = [{"n": i, "tenant": None if i % 3 else f"t{i % 4}",
              "payload": [i, "é😀\\u0000", {"deep": {"x": 1.5}}, None, True]} for i in range(n)]
     later = keyed.options(run_in=timedelta(minutes=5), expires_in=timedelta(hours=1))
@@ -651,7 +651,7 @@ def test_a_large_enqueue_many_is_copied_and_stores_exactly_what_insert_stores(
         batch = fresh_app.batch(conn)
         copied = [j.id for j in batch.enqueue_many(later, rows)]
         with monkeypatch.context() as patch:
-            patch.setattr(_app, "COPY_MIN_ROWS", 10**9)
+            patch.setattr(_enqueue, "COPY_MIN_ROWS", 10**9)
             inserted = [j.id for j in batch.enqueue_many(later, rows)]
         assert batch.status().total == 2 * n
         return copied, inserted
@@ -683,7 +683,7 @@ def test_a_copied_enqueue_many_into_a_finished_batch_is_refused_and_writes_nothi
     with psycopg.connect(fresh_dsn) as conn:
         with pytest.raises(pgjobs.BatchFinished, match="already succeeded"):
             task.options(batch=batch.id).enqueue_many(
-                conn, [{"n": i} for i in range(_app.COPY_MIN_ROWS)])
+                conn, [{"n": i} for i in range(_enqueue.COPY_MIN_ROWS)])
         conn.rollback()
     assert job_count(fresh_dsn) == 1
 
@@ -693,7 +693,7 @@ def test_a_copied_enqueue_many_on_an_autocommit_connection_is_one_transaction(
 ) -> None:
     """Reserving ids and notifying, then COPY: together or not at all."""
     task = register(fresh_app, queue="mail")
-    rows = [{"n": i} for i in range(_app.COPY_MIN_ROWS)]
+    rows = [{"n": i} for i in range(_enqueue.COPY_MIN_ROWS)]
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         jobs = task.enqueue_many(conn, rows)
         assert conn.info.transaction_status == IDLE and conn.autocommit
@@ -717,7 +717,7 @@ def test_a_large_enqueue_many_in_a_pipeline_is_inserted(
 ) -> None:
     """COPY is not allowed in pipeline mode: the INSERT statement is used there."""
     task = register(fresh_app)
-    rows = [{"n": i} for i in range(_app.COPY_MIN_ROWS)]
+    rows = [{"n": i} for i in range(_enqueue.COPY_MIN_ROWS)]
 
     async def on_async() -> list[pgjobs.Enqueued]:
         async with await psycopg.AsyncConnection.connect(fresh_dsn) as aconn:

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgjobs
-from pgjobs import _app, _migrate
+from pgjobs import _enqueue, _migrate
 from pgjobs._cli import cli
 from pgjobs._roles import GRANTS, Roles, roles_sql
 from tests.deploy import enqueue_every_way
@@ -123,7 +123,7 @@ def test_the_app_role_enqueues_and_reads(deployment: Deployment) -> None:
         assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (len(produced.ids),)
         for view in ("queue_depth", "queue_oldest_available", "failing_jobs", "batch_progress"):
             conn.execute(sql.SQL("SELECT * FROM pgjobs.{}").format(sql.Identifier(view)))
-        assert app.batch_status(conn, produced.batch_id).total == 3 + _app.COPY_MIN_ROWS
+        assert app.batch_status(conn, produced.batch_id).total == 3 + _enqueue.COPY_MIN_ROWS
 
 
 def test_the_app_role_cannot_run_change_or_destroy_jobs(deployment: Deployment) -> None:
