@@ -534,10 +534,11 @@ _BATCH_LOCKS = """
 batch_locks AS (
     SELECT b.id FROM {schema}.batches AS b
     WHERE b.id IN (
-        SELECT j.batch_id FROM SOURCE AS s JOIN {schema}.jobs AS j ON j.id = s.id
-        UNION
-        SELECT p.parent_id FROM SOURCE AS s JOIN {schema}.jobs AS j ON j.id = s.id
-        JOIN {schema}.batches AS p ON p.id = j.batch_id)
+        SELECT ids.id
+        FROM SOURCE AS s
+        JOIN {schema}.jobs AS j ON j.id = s.id
+        JOIN {schema}.batches AS own ON own.id = j.batch_id
+        CROSS JOIN LATERAL (VALUES (own.id), (own.parent_id)) AS ids(id))
     ORDER BY b.id
     FOR UPDATE OF b
 )"""
