@@ -365,10 +365,12 @@ class Worker:
                 continue
             # Every job due is claimed: the router's periodic work, then maybe its sweep.
             swept = await self._claim(want - len(jobs), sweep=True)
+            if swept is None:
+                continue  # the connection failed (and was backed off): claim again
             if swept:
                 self._accept(swept)
                 continue
-            if jobs or swept is None:
+            if jobs:
                 # Claim again when woken (a notification, a finished job, a stop) or at
                 # the next poll.
                 await self._idle(self.config.poll_interval)
