@@ -358,16 +358,21 @@ room AS MATERIALIZED (
     )) AS n
     FROM locked AS l JOIN settings AS s ON s.name = l.name
 ),
-candidates AS MATERIALIZED (
+locked_candidates AS MATERIALIZED (
     SELECT j.*
     FROM settings AS q
     LEFT JOIN room ON room.name = q.name
     CROSS JOIN LATERAL (
         SELECT a.id, a.priority, a.run_at, a.concurrency_key, a.concurrency_limit,
-               a.rate_limit, a.rate_period
+               a.rate_limit, a.rate_period, a.recoveries > 0 AS suspect
         FROM {schema}.jobs AS a
         WHERE a.queue = q.name AND a.state = 'available' AND a.run_at <= now()
           AND (a.expires_at IS NULL OR a.expires_at > now())
+          -- suspects as in job_claim: none beside a running one, at most one per claim
+          AND (a.recoveries = 0 OR NOT EXISTS (
+              SELECT FROM {schema}.jobs AS mine
+              WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
+                AND mine.recoveries > 0))
           AND """ + _start_hold_free("a") + """
           -- Step over jobs whose key is full as this snapshot sees it, so one busy key
           -- cannot block the jobs queued behind it. (The grant below is exact.)
@@ -388,6 +393,14 @@ candidates AS MATERIALIZED (
     ) AS j
     ORDER BY j.priority, j.run_at, j.id
     LIMIT %(limit)s
+),
+candidates AS MATERIALIZED (
+    SELECT c.* FROM (
+        SELECT l.*, row_number() OVER (PARTITION BY l.suspect
+                                       ORDER BY l.priority, l.run_at, l.id) AS n
+        FROM locked_candidates AS l
+    ) AS c
+    WHERE NOT c.suspect OR c.n = 1
 ),
 wanted AS MATERIALIZED (
     -- per key: candidates, the strictest limits among them, and what the snapshot saw

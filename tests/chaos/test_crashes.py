@@ -230,9 +230,12 @@ def test_sigterm_finishes_releases_or_abandons_jobs_and_claims_nothing_more(
                  abandoned) == [(1, 1)]
 
 
-def test_a_claim_takes_one_suspect_and_none_beside_a_running_one(db: str) -> None:
+@pytest.mark.parametrize("statement", ["job_claim", "job_claim_limited"])
+def test_a_claim_takes_one_suspect_and_none_beside_a_running_one(db: str, statement: str
+                                                                 ) -> None:
     """The claim side of the poison row, step by step: recovered jobs ("suspects") are
-    claimed one per claim, and not at all by a worker that already runs one."""
+    claimed one per claim, and not at all by a worker that already runs one. Both claim
+    statements: the limited one also runs once a second as a sweep."""
     with psycopg.connect(db) as conn:
         ids = [j.id for j in chaos.plain.enqueue_many(conn, [{}] * 6)]
         worker = int(conn.execute("INSERT INTO pgjobs.workers (host, pid, queues, concurrency)"
@@ -241,7 +244,7 @@ def test_a_claim_takes_one_suspect_and_none_beside_a_running_one(db: str) -> Non
 
     def claim_for(worker_id: int | None, limit: int = 10) -> list[int]:
         with psycopg.connect(db, autocommit=True) as c:
-            rows = c.execute(chaos.app.queries.job_claim, {
+            rows = c.execute(getattr(chaos.app.queries, statement), {
                 "queues": ["default"], "limit": limit, "lease": timedelta(seconds=60),
                 "worker_id": worker_id}).fetchall()
         return sorted(int(r[0]) for r in rows)
