@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,9 @@ def main() -> None:
         if system in PEERS:
             ensure_venv(system)
 
+    # SIGTERM (a timeout, pkill) ends the run through the cleanup below, like Ctrl-C,
+    # instead of leaving the throwaway server running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     server = None
     base = args.dsn
     if not base:
