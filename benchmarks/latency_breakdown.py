@@ -14,7 +14,6 @@ clock, which adds a few microseconds. Scratch schema, dropped.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import time
@@ -23,8 +22,8 @@ from typing import Any
 import psycopg
 
 import pgjobs
-from pgjobs._bench import Bench, BenchConfig, percentile
-from pgjobs._worker import Worker, WorkerConfig
+from pgjobs._bench import Bench, BenchConfig, percentile, serve_until_stopped
+from pgjobs._worker import Worker
 
 STEPS = ("commit -> wake", "wake -> claim sent", "claim round trip", "claim -> handler",
          "total")
@@ -58,17 +57,7 @@ def worker_process(dsn: str, schema: str, handler: str, ready: Any, stop: Any,
         return jobs
 
     Worker._poke, Worker._claim = timed_poke, timed_claim  # type: ignore[method-assign]
-
-    async def main() -> None:
-        worker = Worker(app, WorkerConfig(concurrency=10))
-        run = asyncio.create_task(worker.run())
-        await asyncio.sleep(0.5)
-        ready.set()
-        await asyncio.to_thread(stop.wait)
-        worker.stop()
-        await run
-
-    asyncio.run(main())
+    serve_until_stopped(app, 10, ready, stop, settle=0.5)
     out.put((starts, wakes, claims))
 
 

@@ -485,6 +485,12 @@ class Task(Generic[P, R]):
     def _limits(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
 
+    def _concurrency_keys(self, rows: list[Mapping[str, Any]]) -> list[str | None] | None:
+        """Each row's concurrency key (None: this task has no per-key limit)."""
+        if self.limit is None:
+            return None
+        return [self._limits(kw)["concurrency_key"] for kw in rows]
+
     def _limit_values(self) -> Mapping[str, Any]:
         """The per-key limit columns shared by every job of this task (key aside)."""
         if self.limit is None:
@@ -528,7 +534,7 @@ class Task(Generic[P, R]):
         app, opts, encode = self.app, self.opts, self.encoder.encode
         channel = app.config.channel if app.config.notify else None
         if copy and len(rows) >= _enqueue.COPY_MIN_ROWS and not opts.unique:
-            keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
+            keys = self._concurrency_keys(rows)
             params = job_params(self.name, opts, "", channel)
             params.update(sequence=app.queries.sequence, n=len(rows), batch_id=opts.batch_id)
             return CopyStatement(self, params, [encode(kw) for kw in rows], keys, rows)
@@ -543,9 +549,8 @@ class Task(Generic[P, R]):
             params = job_params(self.name, opts, encode(rows[0]), channel,
                                 self._limits(rows[0]))
             return Statement(self, app.queries.job_insert, params, 1, without_results)
-        keys = [self._limits(kw)["concurrency_key"] for kw in rows] if self.limit else None
         params = job_params(self.name, opts, "", channel, self._limit_values())
-        params["rows"] = many_rows([encode(kw) for kw in rows], keys)
+        params["rows"] = many_rows([encode(kw) for kw in rows], self._concurrency_keys(rows))
         return Statement(self, app.queries.job_insert_many, params, len(rows), without_results)
 
 

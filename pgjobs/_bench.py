@@ -29,10 +29,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from ._app import App
 
 SCENARIOS = ("enqueue_single", "enqueue_bulk", "drain", "latency")
 DRAIN_KINDS = ("sync", "async", "sync_tx", "async_tx")
@@ -531,22 +534,28 @@ def _drain_child(dsn: str, schema: str, kind: str, concurrency: int, ready: Any,
     results.put(stats)
 
 
-def _latency_child_pgjobs(dsn: str, schema: str, concurrency: int, ready: Any, stop: Any,
-                          results: Any) -> None:
+def serve_until_stopped(app: App, concurrency: int, ready: Any, stop: Any,
+                        settle: float = 0.3) -> None:
+    """Run a worker of ``app`` in this process: ``ready`` is set once it has had
+    ``settle`` seconds to start listening, and it stops when ``stop`` is set (both
+    multiprocessing events)."""
     from ._worker import Worker, WorkerConfig
-
-    app = bench_app(dsn, schema)
 
     async def main() -> None:
         worker = Worker(app, WorkerConfig(concurrency=concurrency))
         run = asyncio.create_task(worker.run())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(settle)
         ready.set()
         await asyncio.to_thread(stop.wait)
         worker.stop()
         await run
 
     asyncio.run(main())
+
+
+def _latency_child_pgjobs(dsn: str, schema: str, concurrency: int, ready: Any, stop: Any,
+                          results: Any) -> None:
+    serve_until_stopped(bench_app(dsn, schema), concurrency, ready, stop)
     results.put(list(_STARTS))
 
 
