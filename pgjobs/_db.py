@@ -47,8 +47,8 @@ class Connector:
         self.configure = configure
         # Prepared statements keep one generic plan instead of being planned afresh: the
         # plan cache's own choice between them flips on small changes to a statement,
-        # and job_claim_limited takes ~2 ms to plan. (Session state: not behind PgBouncer,
-        # where nothing is prepared anyway.)
+        # and job_claim_limited takes ~2 ms to plan (benchmarks/claim_plans.py).
+        # (Session state: not behind PgBouncer, where nothing is prepared anyway.)
         self.generic_plans = generic_plans and prepare
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.failures = 0

@@ -520,8 +520,8 @@ def without_results(rows: list[tuple[Any, ...]]) -> list[Enqueued]:
 COPY_MIN_ROWS = 500
 """``enqueue_many`` calls of this many rows or more, without unique keys, send their rows
 with binary COPY: two more round trips than one INSERT, and less work per row than
-unpacking a JSON parameter. Measured per call: even at 500 rows, 1.16-1.3x faster at
-10,000 (docs/benchmarks.md)."""
+unpacking a JSON parameter. Measured per call (benchmarks/enqueue_many_paths.py): even
+at 500 rows, about 1.2x faster at 10,000."""
 
 # Column types of job_copy, in order. args goes as jsonb's binary form (a version byte,
 # then the JSON text), declared bytea so that the driver sends those bytes untouched.
