@@ -31,9 +31,10 @@ test-pg15: install ## The database tests again, on Debian's PostgreSQL 15 (if in
 		PGJOBS_TEST_BINDIR=$(PG15) $(BIN)/pytest -n $(JOBS) --dist loadgroup -m "not slow" $(PYTEST_ARGS); \
 	else echo "PostgreSQL 15 binaries not found under $(PG15); skipping"; fi
 
-lint: install ## ruff and mypy
-	$(BIN)/ruff check pgjobs tests migrations examples
+lint: install ## ruff, mypy, and the import layers (lint-imports: one-way, no cycles)
+	$(BIN)/ruff check pgjobs tests migrations examples benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: install ## The newsletter demo: 10,000 subscribers, a rolling restart, a SIGKILL, a count
 	$(BIN)/python examples/newsletter/demo.py $(DEMO_ARGS)

@@ -4,8 +4,9 @@
     PGJOBS_DATABASE_URL=... .venv/bin/python benchmarks/ab_drain.py /tmp/before . \\
         --rounds 5 --jobs 5000 --kind async
 
-Each round runs benchmarks/profile_drain.py once per tree (order alternating) and reads
-its jobs/s and worker CPU microseconds per job. CPU per job is the steadier figure on a
+Each round runs each tree's own benchmarks/profile_drain.py (this one's when the tree has
+none) once per tree, order alternating, and reads its jobs/s and worker CPU microseconds
+per job. CPU per job is the steadier figure on a
 shared machine: it does not depend on how long the server takes to answer.
 """
 
@@ -25,8 +26,10 @@ LINE = re.compile(r"= ([\d,]+) jobs/s; worker CPU \d+% of one core, (\d+) us/job
 
 def run(tree: str, args: argparse.Namespace) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    own = Path(tree) / "benchmarks" / "profile_drain.py"
+    script = own if own.is_file() else HERE / "profile_drain.py"
     out = subprocess.run(
-        [sys.executable, str(HERE / "profile_drain.py"), "--jobs", str(args.jobs),
+        [sys.executable, str(script), "--jobs", str(args.jobs),
          "--kind", args.kind, "--concurrency", str(args.concurrency)],
         env=env, check=True, capture_output=True, text=True,
     ).stdout

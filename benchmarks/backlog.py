@@ -22,8 +22,8 @@ from datetime import timedelta
 import psycopg
 from psycopg import sql
 
-from pgjobs._bench import Bench, BenchConfig, bench_app
-from pgjobs._worker import Worker, WorkerConfig
+from pgjobs import Worker, WorkerConfig
+from pgjobs.ops.bench import Bench, BenchConfig, bench_app
 
 
 def run(bench: Bench, jobs: int, concurrency: int) -> float:
@@ -48,7 +48,7 @@ def run(bench: Bench, jobs: int, concurrency: int) -> float:
 
 
 def plan(bench: Bench) -> str:
-    from pgjobs._queries import Queries
+    from pgjobs.db.queries import Queries
 
     query = Queries(bench.schema).job_claim
     params = {"queues": ["default"], "limit": 110, "lease": timedelta(seconds=30),

@@ -21,8 +21,8 @@ import time
 
 import psycopg
 
-from pgjobs._bench import Bench, BenchConfig, bench_app
-from pgjobs._worker import Worker, WorkerConfig
+from pgjobs import Worker, WorkerConfig
+from pgjobs.ops.bench import Bench, BenchConfig, bench_app
 
 STATS = """
 SELECT s.n_live_tup, s.n_dead_tup, s.autovacuum_count, s.autoanalyze_count,

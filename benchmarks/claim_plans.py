@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import psycopg
 
-from pgjobs._bench import Bench, BenchConfig, bench_app
+from pgjobs.ops.bench import Bench, BenchConfig, bench_app
 
 STATEMENTS = ("job_claim", "job_claim_limited")
 MODES = ("auto", "force_generic_plan")
@@ -45,8 +45,8 @@ def claim_times(bench: Bench, statement: str, mode: str, claims: int
             if len(rows) != 1:
                 raise RuntimeError(f"{statement} claimed {len(rows)} jobs, expected 1")
         row = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                           "WHERE position('WITH settings' in statement) > 0 ORDER BY generic_plans + "
-                           "custom_plans DESC LIMIT 1").fetchone()
+                           "WHERE position('WITH settings' in statement) > 0 "
+                           "ORDER BY generic_plans + custom_plans DESC LIMIT 1").fetchone()
     assert row is not None
     return statistics.median(times), int(row[0]), int(row[1])
 

@@ -18,8 +18,8 @@ import time
 
 import psycopg
 
-from pgjobs import _enqueue
-from pgjobs._bench import Bench, BenchConfig, bench_app
+from pgjobs.db import enqueue as _enqueue
+from pgjobs.ops.bench import Bench, BenchConfig, bench_app
 
 
 def timed_calls(conn: psycopg.Connection[object], task: object, size: int, calls: int,

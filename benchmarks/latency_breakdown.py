@@ -7,7 +7,7 @@ A producer enqueues one job per transaction at ``--rate``; a worker in another p
 runs it. Each job's path is timed (wall clock, one machine) in four steps: the
 producer's commit returning -> the worker's LISTEN task waking the claim loop -> the
 claim sent -> the claim's rows back -> the handler starting. Prints p50/p90/p99 of each
-step and of the total. The worker's ``_poke`` and ``_claim`` are wrapped to read the
+step and of the total. The claimer's ``poke`` and ``claim`` are wrapped to read the
 clock, which adds a few microseconds. Scratch schema, dropped.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 
 import pgjobs
-from pgjobs._bench import Bench, BenchConfig, percentile, serve_until_stopped
-from pgjobs._worker import Worker
+from pgjobs.ops.bench import Bench, BenchConfig, percentile, serve_until_stopped
+from pgjobs.worker.claimer import Claimer
 
 STEPS = ("commit -> wake", "wake -> claim sent", "claim round trip", "claim -> handler",
          "total")
@@ -44,19 +44,19 @@ def worker_process(dsn: str, schema: str, handler: str, ready: Any, stop: Any,
 
     wakes: list[float] = []
     claims: list[tuple[float, float, list[int]]] = []
-    poke, claim = Worker._poke, Worker._claim
+    poke, claim = Claimer.poke, Claimer.claim
 
-    def timed_poke(self: Worker) -> None:
+    def timed_poke(self: Claimer) -> None:
         wakes.append(time.time())
         poke(self)
 
-    async def timed_claim(self: Worker, limit: int, sweep: bool = False) -> Any:
+    async def timed_claim(self: Claimer, limit: int, sweep: bool = False) -> Any:
         sent = time.time()
         jobs = await claim(self, limit, sweep)
         claims.append((sent, time.time(), [job.id for job in jobs or []]))
         return jobs
 
-    Worker._poke, Worker._claim = timed_poke, timed_claim  # type: ignore[method-assign]
+    Claimer.poke, Claimer.claim = timed_poke, timed_claim  # type: ignore[method-assign]
     serve_until_stopped(app, 10, ready, stop, settle=0.5)
     out.put((starts, wakes, claims))
 

@@ -35,9 +35,9 @@ from typing import Any
 import psycopg
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._devserver import LocalServer
-from pgjobs._queries import compose
+from pgjobs.db.queries import compose
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.devserver import LocalServer
 from pgjobs.testing import adrain
 
 SCHEMA = "pgjobs_bench_limits"

@@ -42,7 +42,7 @@ class PgJobs:
             STARTS.append((pgjobs.current_job().id, time.time()))
 
     def setup(self) -> None:
-        from pgjobs import _migrate
+        from pgjobs.ops import migrate as _migrate
 
         _migrate.upgrade(self.dsn, self.schema)
 

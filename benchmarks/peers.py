@@ -172,7 +172,7 @@ def main() -> None:
     server = None
     base = args.dsn
     if not base:
-        from pgjobs._devserver import LocalServer
+        from pgjobs.ops.devserver import LocalServer
 
         folder = Path(tempfile.mkdtemp(prefix="pgjobs-peers-"))
         server = LocalServer(folder / "data")

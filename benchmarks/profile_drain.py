@@ -14,21 +14,22 @@ import os
 import time
 from typing import Any
 
-from pgjobs._bench import Bench, BenchConfig, _open_pools, _task_name, bench_app
-from pgjobs._worker import Worker, WorkerConfig
+from pgjobs import Worker, WorkerConfig
+from pgjobs.ops.bench import Bench, BenchConfig, _open_pools, _task_name, bench_app
 
 TRACE: dict[str, list[tuple[int, float]]] = {"claim": [], "flush": []}
 
 
 def trace_round_trips() -> None:
     """Wrap the claim and the outcome flush to record (rows, seconds) per round trip."""
-    from pgjobs._completer import Completer
+    from pgjobs.worker.claimer import Claimer
+    from pgjobs.worker.completer import Completer
 
-    claim, flush = Worker._claim, Completer.flush
+    claim, flush = Claimer.claim, Completer.flush
 
-    async def traced_claim(self: Worker, limit: int) -> Any:
+    async def traced_claim(self: Claimer, limit: int, sweep: bool = False) -> Any:
         start = time.perf_counter()
-        jobs = await claim(self, limit)
+        jobs = await claim(self, limit, sweep)
         TRACE["claim"].append((len(jobs or ()), time.perf_counter() - start))
         return jobs
 
@@ -37,7 +38,7 @@ def trace_round_trips() -> None:
         await flush(self)
         TRACE["flush"].append((size, time.perf_counter() - start))
 
-    Worker._claim = traced_claim  # type: ignore[method-assign]
+    Claimer.claim = traced_claim  # type: ignore[method-assign]
     Completer.flush = traced_flush  # type: ignore[method-assign]
 
 
@@ -70,7 +71,7 @@ def main() -> None:
 
         async def drain() -> dict[str, int]:
             if args.kind == "async_tx":
-                from pgjobs._bench import _POOLS
+                from pgjobs.ops.bench import _POOLS
 
                 await _POOLS["async"].open(wait=True)
             config = WorkerConfig(concurrency=args.concurrency, burst=True, listen=False)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgjobs._bench import Bench, BenchConfig
+from pgjobs.ops.bench import Bench, BenchConfig
 
 
 def rss_mb(pid: int) -> float:
@@ -30,7 +30,7 @@ def rss_mb(pid: int) -> float:
 
 def child(dsn: str, schema: str, concurrency: int, sleep: float, ready: Any, go: Any) -> None:
     import pgjobs
-    from pgjobs._worker import Worker, WorkerConfig
+    from pgjobs import Worker, WorkerConfig
 
     app = pgjobs.App(dsn=dsn, schema=schema)
 

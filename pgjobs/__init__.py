@@ -8,13 +8,19 @@
     with psycopg.connect(dsn) as conn:      # your transaction
         create_user(conn, ...)
         send_mail.enqueue(conn, user_id=1)  # commits or rolls back with it
+
+The names below are the public API; the sub-packages are the implementation, in layers
+that import one way only (docs/architecture.md): ``core`` (values, rules, errors) <-
+``db`` (SQL and the functions that run it) <- ``client`` and ``worker``, side by side <-
+``ops`` (command line, supervisor, migrations).
 """
 
-from ._admin import JobChange
-from ._app import App, Config, Task
-from ._batches import Batch, BatchStatus
-from ._enqueue import Enqueued, JobOptions
-from ._errors import (
+from .client.app import App
+from .client.batches import Batch
+from .client.config import Config
+from .client.task import Task
+from .core.control import Cancel, Retry, Snooze
+from .core.errors import (
     ArgsTooLarge,
     BatchFinished,
     ConfigurationError,
@@ -22,6 +28,7 @@ from ._errors import (
     InvalidArgs,
     InvalidName,
     InvalidOption,
+    JobTimeout,
     LeaseLost,
     MissingDatabaseURL,
     PgJobsError,
@@ -29,11 +36,12 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
-from ._executor import JobTimeout
-from ._job import Cancel, JobContext, Retry, Snooze, current_job
-from ._worker import Worker, WorkerConfig
-
-__version__ = "0.1.0"
+from .core.options import JobOptions
+from .core.types import BatchStatus, Enqueued, JobChange
+from .core.version import __version__
+from .worker.config import WorkerConfig
+from .worker.context import JobContext, current_job
+from .worker.lifecycle import Worker
 
 __all__ = [
     "App",

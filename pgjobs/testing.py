@@ -20,8 +20,10 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from ._app import App, Task
-from ._worker import Worker, WorkerConfig
+from .client.app import App
+from .client.task import Task
+from .worker.config import WorkerConfig
+from .worker.lifecycle import Worker
 
 
 def drain(app: App, **config: Any) -> Counter[str]:

@@ -24,8 +24,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._devserver import FAST_SETTINGS, LocalServer
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.devserver import FAST_SETTINGS, LocalServer
 
 TEMPLATE_ENV = "PGJOBS_TEST_TEMPLATE"
 SERVER_ENV = "PGJOBS_TEST_SERVER_DIR"

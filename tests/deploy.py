@@ -19,8 +19,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgjobs
-from pgjobs import _enqueue
-from pgjobs._devserver import _ensure_user, _reachable, free_port
+from pgjobs.db import enqueue as _enqueue
+from pgjobs.ops.devserver import _ensure_user, _reachable, free_port
 from tests.workerapps import deployed
 
 

@@ -233,7 +233,7 @@ def _one_line(text: str) -> str:
 
 def migrated_snapshot(dsn: str, schema: str = "pgjobs") -> str:
     """Create a throwaway database on ``dsn``'s server, migrate it, snapshot it, drop it."""
-    from pgjobs import _migrate
+    from pgjobs.ops import migrate as _migrate
 
     name = f"pgjobs_snapshot_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(dsn, autocommit=True) as admin:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import _executor
-from pgjobs._job import JobContext
+from pgjobs.core import outcomes
+from pgjobs.db import leases
 from pgjobs.testing import drain
+from pgjobs.worker.context import JobContext
 from tests.chaos.harness import claim
 from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
@@ -194,7 +196,7 @@ def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str)
     for ctx in claimed:
         by_batch.setdefault(ctx.job.batch_id or 0, []).append(ctx)
     deadlocks: list[str] = []
-    success = _executor.Outcome(_executor.SUCCEEDED, result="1")
+    success = outcomes.Outcome(outcomes.SUCCEEDED, result="1")
 
     def flush(k: int, r: int, start: threading.Barrier) -> None:
         # Thread k takes its share of every batch; even threads go up the batch ids,
@@ -202,11 +204,11 @@ def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str)
         order = sorted(by_batch, reverse=bool(k % 2))
         mine = [ctx for b in order
                 for ctx in by_batch[b][r * per:(r + 1) * per][k::threads]]
-        rows = [(ctx.id, ctx.job.lease_token, _executor.outcome_row(success)) for ctx in mine]
+        rows = [(ctx.id, ctx.job.lease_token, leases.outcome_row(success)) for ctx in mine]
         with psycopg.connect(dsn, autocommit=True) as conn:
             start.wait()
             try:
-                conn.execute(app.queries.job_complete_many, _executor.outcomes_param(rows))
+                conn.execute(app.queries.job_complete_many, leases.outcomes_param(rows))
             except psycopg.errors.DeadlockDetected as exc:
                 deadlocks.append(str(exc))
 
@@ -220,9 +222,45 @@ def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str)
     assert deadlocks == []
     parent_job = by_batch[parent.id][0]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(app.queries.job_complete_many, _executor.outcomes_param(
-            [(parent_job.id, parent_job.job.lease_token, _executor.outcome_row(success))]))
+        conn.execute(app.queries.job_complete_many, leases.outcomes_param(
+            [(parent_job.id, parent_job.job.lease_token, leases.outcome_row(success))]))
     states = query(dsn, "SELECT id, pending, succeeded, state FROM pgjobs.batches "
                         "ORDER BY id")
     assert states == [(parent.id, 0, 1, "succeeded")] + [
         (b, 0, per * rounds, "succeeded") for b in ids]
+
+
+def test_a_callback_is_the_full_job_row_enqueue_would_write(dsn: str) -> None:
+    """batch_fire inserts what task.enqueue(...) writes: queue, priority, attempts,
+    run_in and expires_in counted from the event, per-key limits; and it notifies the
+    app's channel, or nobody for App(notify=False)."""
+    quiet = pgjobs.App(dsn=dsn, notify=False)
+
+    @quiet.job(name="limited", queue="quiet", concurrency_key="k:{n}", concurrency_limit=2,
+               rate_limit=5, rate_period=60)
+    def limited(n: int) -> None: ...
+
+    loud = app.task("limited", queue="cb")
+    later = limited.options(run_in=timedelta(seconds=30), priority=-3, max_attempts=4,
+                            expires_in=timedelta(minutes=5), queue="cb")
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.on_complete(limited, n=1)  # registered by the App(notify=False)
+        batch.on_success(later, n=2)
+        batch.on_success(loud, n=3)  # a reference of the notifying App, no limits
+        batch.enqueue(member, n=0)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgjobs_pgjobs")
+        drain(app, queues=("default",))
+        heard = [n.payload for n in listener.notifies(timeout=0.5)]
+    rows = {r[0]["n"]: r for r in query(dsn, """
+        SELECT args, queue, priority, max_attempts, concurrency_key, concurrency_limit,
+               rate_limit, rate_period, round(extract(epoch FROM run_at - created_at)),
+               round(extract(epoch FROM expires_at - run_at))
+        FROM pgjobs.jobs WHERE task = 'limited' ORDER BY id""")}
+    assert rows[1][1:8] == ("quiet", 0, 25, "k:1", 2, 5, timedelta(seconds=60))
+    assert rows[2][1:] == ("cb", -3, 4, "k:2", 2, 5, timedelta(seconds=60), 30, 300)
+    assert rows[3][1:8] == ("cb", 0, 25, None, None, None, None)
+    # Only the notifying app's callback due now woke its queue's workers; the quiet app's
+    # callback woke nobody, and one due in 30 s nobody yet.
+    assert heard == ["cb"]

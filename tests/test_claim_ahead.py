@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs._worker import ClaimAhead
+from pgjobs.worker.claimer import ClaimAhead
 
 pytestmark = pytest.mark.xdist_group("worker")
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._cli import cli, main
-from pgjobs._devserver import LocalServer, free_port
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.cli import cli, main
+from pgjobs.ops.devserver import LocalServer, free_port
 
 # Options that are not settings and need no environment twin.
 NO_TWIN = {"--help", "--version", "--yes"}
@@ -52,7 +52,7 @@ def test_migrate_without_a_dsn_exits_1_with_one_line_naming_pgjobs_dev() -> None
 def test_the_console_script_entry_point_without_a_dsn(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # `pgjobs = pgjobs._cli:main` (the wheel's entry point, see test_packaging), in-process.
+    # `pgjobs = pgjobs.ops.cli:main` (the wheel's entry point, see test_packaging), in-process.
     monkeypatch.delenv("PGJOBS_DATABASE_URL", raising=False)
     monkeypatch.setattr(sys, "argv", ["pgjobs", "migrate"])
     with pytest.raises(SystemExit) as info:
@@ -268,7 +268,7 @@ def test_dev_start_url_stop(dev_dir: Path) -> None:
 
 
 def test_a_supervised_process_gets_every_worker_option_back() -> None:
-    from pgjobs._cli import SUPERVISOR_ONLY, _child_flags, worker
+    from pgjobs.ops.cli.worker import SUPERVISOR_ONLY, _child_flags, worker
 
     given = ["--app", "shop.tasks:app", "--processes", "3", "--queues", "mail,sms",
              "--concurrency", "7", "--no-listen", "--burst", "--lease", "12.5",
@@ -290,3 +290,51 @@ def test_a_supervised_process_gets_every_worker_option_back() -> None:
     assert child.params["listen"] is False and child.params["burst"] is True
     assert child.params["retention_dead"] is None  # never, not the default week
     assert child.params["retention_succeeded"] == 7200.0
+
+
+# -- worker options, generated from the settings dataclasses -------------------------------
+
+
+def test_every_worker_setting_is_an_option_with_its_default_help_and_env_twin() -> None:
+    from dataclasses import fields
+
+    from pgjobs.ops.cli.worker import Process, worker
+    from pgjobs.ops.settings import build, field_docs
+
+    by_name = {p.name: p for p in worker.params if isinstance(p, click.Option)}
+    for cls in (pgjobs.WorkerConfig, Process):
+        docs = field_docs(cls)
+        for item in fields(cls):
+            option = by_name[item.name]
+            assert option.opts[0] == "--" + item.name.replace("_", "-")
+            assert option.envvar == "PGJOBS_" + item.name.upper()
+            assert option.help == docs[item.name].replace("``", "") and option.help
+    # No option given: the command builds exactly the dataclasses' defaults.
+    ctx = worker.make_context("worker", ["--app", "x:y"])
+    assert build(pgjobs.WorkerConfig, {k: v for k, v in ctx.params.items()
+                                       if k in {f.name for f in fields(pgjobs.WorkerConfig)}}
+                 ) == pgjobs.WorkerConfig()
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--concurrency", "0", "concurrency must be an int >= 1"),
+    ("--lease", "0.5", "lease must be at least 1 second"),
+    ("--processes", "0", "processes must be at least 1"),
+])
+def test_a_bad_worker_option_is_a_usage_error_naming_its_flag(
+    flag: str, value: str, says: str, fresh_dsn: str
+) -> None:
+    result = run("worker", "--app", "tests.workerapps.basic:app", flag, value,
+                 PGJOBS_DATABASE_URL=fresh_dsn)
+    assert result.exit_code == 2, result.output
+    assert flag in result.stderr and says in result.stderr
+
+
+def test_every_worker_option_is_in_the_worker_docs() -> None:
+    from pgjobs.ops.cli.worker import worker
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "worker.md").read_text()
+    for option in worker.params:
+        if isinstance(option, click.Option) and option.name != "help":
+            assert f"| `{option.opts[0]}" in table, f"{option.opts[0]} is not in docs/worker.md"
+            assert f"`{option.envvar}`" in table, option.envvar

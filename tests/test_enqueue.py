@@ -15,7 +15,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 import pgjobs
-from pgjobs import _enqueue, _migrate
+from pgjobs.db import enqueue as _enqueue
+from pgjobs.ops import migrate as _migrate
 from pgjobs.testing import drain
 
 Conn = psycopg.Connection[Any]

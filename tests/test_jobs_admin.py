@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import pgjobs
-from pgjobs._cli import cli
+from pgjobs.ops.cli import cli
 from pgjobs.testing import drain
 
 

@@ -14,9 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 import pgjobs
-from pgjobs import _limits, _migrate, _queries, _revision
-from pgjobs._cli import cli
+from pgjobs.core import version as _revision
+from pgjobs.db import queries as _queries
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.cli import cli
 from pgjobs.testing import drain
+from pgjobs.worker import routing
 from tests.helpers import job_state, query, scalar, wait_until
 from tests.workerapps import limits
 from tests.workerprocs import Spawner, spawner
@@ -210,7 +213,8 @@ def test_migration_0003_downgrades_and_upgrades_again(empty_dsn: str) -> None:
     assert scalar(empty_dsn, "SELECT count(*) FROM information_schema.columns WHERE "
                              "table_schema = 'pgjobs' AND column_name = 'concurrency_key'") == 0
     _migrate.upgrade(empty_dsn)
-    assert scalar(empty_dsn, "SELECT version_num FROM pgjobs.alembic_version") == _revision.HEAD
+    version = scalar(empty_dsn, "SELECT version_num FROM pgjobs.alembic_version")
+    assert version == _revision.HEAD_REVISION
 
 
 # -- four worker processes ---------------------------------------------------------------
@@ -286,9 +290,15 @@ def test_a_resumed_queue_wakes_idle_workers(dsn: str, spawn: Spawner) -> None:
 class FakeClaimConn:
     """Answers the router's queue_limited query with ``limited``; counts the reads."""
 
+    description = ("name",)  # a statement that returns rows
+    rowcount = 0
+
     def __init__(self) -> None:
         self.limited: list[str] = []
         self.reads = 0
+
+    def cursor(self, row_factory: Any = None) -> FakeClaimConn:
+        return self
 
     async def execute(self, query: Any, params: Any) -> FakeClaimConn:
         self.reads += 1
@@ -298,9 +308,9 @@ class FakeClaimConn:
         return [(name,) for name in self.limited]
 
 
-def router_at(keyed: bool = False) -> tuple[_limits.ClaimRouter, list[float], FakeClaimConn]:
+def router_at(keyed: bool = False) -> tuple[routing.ClaimRouter, list[float], FakeClaimConn]:
     now = [100.0]
-    router = _limits.ClaimRouter(_queries.Queries("pgjobs"), ["default"], keyed=keyed,
+    router = routing.ClaimRouter(_queries.Queries("pgjobs"), ["default"], keyed=keyed,
                                  refresh=1.0, clock=lambda: now[0])
     return router, now, FakeClaimConn()
 

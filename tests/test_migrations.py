@@ -25,9 +25,9 @@ from click.testing import CliRunner
 from psycopg import sql
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._cli import cli
-from pgjobs._devserver import embedded_bindir
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.cli import cli
+from pgjobs.ops.devserver import embedded_bindir
 from tests.schema_snapshot import REFERENCE, snapshot
 
 Conn = psycopg.Connection[Any]
@@ -337,6 +337,6 @@ def test_migrations_ship_inside_the_package_or_the_checkout() -> None:
 
 
 def test_the_revision_the_worker_expects_is_the_head() -> None:
-    from pgjobs import _revision
+    from pgjobs.core import version as _revision
 
-    assert _migrate.head_revision() == _revision.HEAD
+    assert _migrate.head_revision() == _revision.HEAD_REVISION

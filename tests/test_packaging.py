@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import _migrate
+from pgjobs.ops import migrate as _migrate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,9 +61,9 @@ def check_wheel_contents(wheel: Path) -> None:
     for revision in (REPO / "migrations" / "versions").glob("*.py"):
         assert f"pgjobs/_migrations/versions/{revision.name}" in names
     assert "pgjobs/py.typed" in names
-    assert "pgjobs/__init__.py" in names and "pgjobs/_cli.py" in names
+    assert "pgjobs/__init__.py" in names and "pgjobs/ops/cli/main.py" in names
     assert not any(name.startswith(("tests/", "migrations/")) for name in names)
-    assert "pgjobs = pgjobs._cli:main" in entry_points.decode()
+    assert "pgjobs = pgjobs.ops.cli:main" in entry_points.decode()
     assert wheel.name == f"pgjobs-{pgjobs.__version__}-py3-none-any.whl"
 
 
@@ -85,7 +85,7 @@ def test_the_wheel_installs_and_migrates_outside_the_checkout(
 
     # The installed package runs from its own files, migrations included.
     done = run_installed(venv, "python", "-c", (
-        "import pgjobs, pgjobs._migrate as m; print(pgjobs.__file__); print(m.script_location())"
+        "import pgjobs, pgjobs.ops.migrate as m; print(pgjobs.__file__); print(m.script_location())"
     ), cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     module_file, migrations = map(Path, done.stdout.splitlines())

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 import pgjobs
-from pgjobs._cli import cli
-from pgjobs._periodic import PeriodicEnqueuer
+from pgjobs.ops.cli import cli
+from pgjobs.worker.maintenance.periodic import PeriodicEnqueuer
 from tests.helpers import query, scalar
 
 pytestmark = pytest.mark.xdist_group("periodic")

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._revision import HEAD
+from pgjobs.core.version import HEAD_REVISION as HEAD
+from pgjobs.ops import migrate as _migrate
 from tests.deploy import PgBouncer, enqueue_every_way
 from tests.helpers import WorkerProcess, harness_database, scalar, wait_until
 from tests.workerapps.deployed import HARNESS

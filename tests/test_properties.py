@@ -3,7 +3,7 @@
 - Lease state machine: random interleavings of enqueue, claim, heartbeat, lease expiry,
   reclaim, completion with every outcome (succeed, fail/retry, die, snooze, cancel,
   release) and fenced completion in a transaction, from current and stale attempts,
-  run through the real statements of ``pgjobs._queries``. After every step the rows
+  run through the real statements of ``pgjobs.db.sql``. After every step the rows
   match a model, only legal transitions happened, a job has at most one live lease, and
   terminal states stay terminal.
 - Fuzzed queue names, task names and args: refused with a typed error before any SQL, or
@@ -32,8 +32,12 @@ from hypothesis.stateful import (
 )
 
 import pgjobs
-from pgjobs import _enqueue, _executor
-from pgjobs._job import ClaimedJob, JobContext, lenient_json_loads
+from pgjobs.core import args as core_args
+from pgjobs.core import outcomes
+from pgjobs.core.args import ArgsEncoder, lenient_json_loads
+from pgjobs.core.types import ClaimedJob
+from pgjobs.db import leases
+from pgjobs.worker.context import JobContext
 
 pytestmark = pytest.mark.xdist_group("properties")
 
@@ -43,12 +47,12 @@ LEGAL = {
     ("running", "available"),                    # retry, snooze, release, reclaim
     ("running", "succeeded"), ("running", "dead"), ("running", "cancelled"),
 }
-KINDS = [_executor.SUCCEEDED, _executor.RETRY, _executor.DEAD, _executor.SNOOZED,
-         _executor.CANCELLED, _executor.RELEASED]
-OUTCOME_STATE = {_executor.SUCCEEDED: "succeeded", _executor.RETRY: "available",
-                 _executor.DEAD: "dead", _executor.SNOOZED: "available",
-                 _executor.CANCELLED: "cancelled", _executor.RELEASED: "available"}
-REFUND = {_executor.SNOOZED: 1, _executor.RELEASED: 1}
+KINDS = [outcomes.SUCCEEDED, outcomes.RETRY, outcomes.DEAD, outcomes.SNOOZED,
+         outcomes.CANCELLED, outcomes.RELEASED]
+OUTCOME_STATE = {outcomes.SUCCEEDED: "succeeded", outcomes.RETRY: "available",
+                 outcomes.DEAD: "dead", outcomes.SNOOZED: "available",
+                 outcomes.CANCELLED: "cancelled", outcomes.RELEASED: "available"}
+REFUND = {outcomes.SNOOZED: 1, outcomes.RELEASED: 1}
 
 
 @dataclass
@@ -158,11 +162,11 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
         def complete(self, attempt: tuple[int, Any], data: st.DataObject, kind: str,
                      later: bool) -> None:
             job_id, token = self.pick(attempt, data)
-            outcome = _executor.Outcome(kind, delay=3600 if later else 0,
+            outcome = outcomes.Outcome(kind, delay=3600 if later else 0,
                                         error={"message": "e"}, meta={"m": 1})
-            row = _executor.outcome_row(outcome)
+            row = leases.outcome_row(outcome)
             assert row is not None
-            params = _executor.outcomes_param([(job_id, token, row)])
+            params = leases.outcomes_param([(job_id, token, row)])
             written = self.conn.execute(queries.job_complete_many, params).fetchall()
             live = self.live(job_id, token)
             assert [int(r[0]) for r in written] == ([job_id] if live else [])
@@ -268,7 +272,7 @@ def test_the_fast_args_encoder_decides_exactly_as_the_full_check(
 ) -> None:
     """Plain args skip the full walk (and its error paths) and use the C encoder made
     once; the text, or the error and its message, must be what the full path gives."""
-    encoder = _enqueue.ArgsEncoder(max_bytes=200)
+    encoder = ArgsEncoder(max_bytes=200)
 
     def outcome() -> tuple[str, str]:
         try:
@@ -278,7 +282,7 @@ def test_the_fast_args_encoder_decides_exactly_as_the_full_check(
 
     fast = outcome()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_enqueue, "_FAST_ENCODE", None)
+        patch.setattr(core_args, "_FAST_ENCODE", None)
         assert outcome() == fast
 
 

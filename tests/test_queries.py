@@ -15,7 +15,9 @@ import psycopg
 import pytest
 from psycopg import pq, sql
 
-from pgjobs import _migrate, _queries
+from pgjobs.db import queries as _queries
+from pgjobs.db import sql as texts
+from pgjobs.ops import migrate as _migrate
 
 CUSTOM_SCHEMA = "Jobs_Q"  # needs quoting: catches a schema name spliced in as text
 PLACEHOLDER = re.compile(r"%%|%\((?P<name>[^)]+)\)(?P<format>[sbt])|%(?P<positional>[sbt])")
@@ -63,23 +65,29 @@ def target(request: pytest.FixtureRequest, shared_dsn: str) -> Iterator[
         conn.rollback()
 
 
+NAMES = tuple(texts.statements())
+
+
 def test_names_are_complete() -> None:
     queries = _queries.Queries("pgjobs")
-    assert len(set(_queries.NAMES)) == len(_queries.NAMES)
-    for name in _queries.NAMES:
+    statements = texts.statements()
+    for name, text in statements.items():
         assert isinstance(getattr(queries, name), sql.SQL), name
-        if name not in _queries.CATALOG_NAMES:
-            assert "{schema}" in getattr(_queries, name), (
-                f"{name} must use the {{schema}} placeholder")
-    # Every module-level statement is listed (a forgotten name would never be tested);
-    # _-prefixed fragments are parts of statements.
-    statements = {name for name, value in vars(_queries).items()
-                  if not name.startswith("_") and isinstance(value, str) and "{schema}" in value}
-    assert statements | set(_queries.CATALOG_NAMES) == set(_queries.NAMES)
+        if name not in texts.CATALOG_NAMES:
+            assert "{schema}" in text, f"{name} must use the {{schema}} placeholder"
+        else:
+            assert "{schema}" not in text, f"{name} reads the catalog only"
+    # Every statement has a typed attribute on Queries, and every attribute a statement.
+    assert set(_queries.Queries.__annotations__) == set(statements)
+    assert set(texts.CATALOG_NAMES) <= set(statements)
+    # Names are entity-first: job_, batch_, ...
+    entities = ("job_", "batch_", "enqueue_receipt_", "unique_key_", "limit_key_", "queue_",
+                "worker_", "periodic_", "status_", "schema_")
+    assert all(name.startswith(entities) for name in statements), statements.keys()
 
 
 # COPY cannot be prepared; the enqueue tests run it.
-@pytest.mark.parametrize("name", [n for n in _queries.NAMES if n != "job_copy"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "job_copy"])
 def test_query_parses_and_plans(
     name: str, target: tuple[psycopg.Connection[Any], _queries.Queries]
 ) -> None:

@@ -15,9 +15,10 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs._maintenance import Pruner, Retention, prune_lock
-from pgjobs._worker import WorkerConfig
+from pgjobs import WorkerConfig
 from pgjobs.testing import drain
+from pgjobs.worker.config import Retention
+from pgjobs.worker.maintenance.prune import Pruner, prune_lock
 from tests.helpers import query, scalar
 from tests.test_cli import run
 from tests.test_enqueue import register
@@ -308,7 +309,7 @@ def test_the_cli_rejects_a_duration_it_cannot_read(value: str) -> None:
 
 
 def test_the_cli_reads_durations() -> None:
-    from pgjobs._cli import Duration
+    from pgjobs.ops.settings import Duration
 
     read = Duration().convert
     assert [read(v, None, None) for v in ("90", "90s", "15m", "12h", "7d", "1.5d")] == [

@@ -17,9 +17,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgjobs
-from pgjobs import _enqueue, _migrate
-from pgjobs._cli import cli
-from pgjobs._roles import GRANTS, Roles, roles_sql
+from pgjobs.db import enqueue as _enqueue
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.cli import cli
+from pgjobs.ops.roles import GRANTS, Roles, roles_sql
 from tests.deploy import enqueue_every_way
 from tests.helpers import WorkerProcess, query, scalar, wait_until
 from tests.workerapps.deployed import HARNESS

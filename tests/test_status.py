@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 import pgjobs
-from pgjobs._status import duration
+from pgjobs.ops.status import duration
 from pgjobs.testing import drain
 from tests.helpers import query
 from tests.test_cli import run

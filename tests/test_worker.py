@@ -17,10 +17,13 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import _executor, _migrate
-from pgjobs._job import ClaimedJob, JobContext
-from pgjobs._worker import Summary
+from pgjobs.core import outcomes
+from pgjobs.core.types import ClaimedJob
+from pgjobs.db import leases
+from pgjobs.ops import migrate as _migrate
 from pgjobs.testing import assert_enqueued, drain
+from pgjobs.worker.context import JobContext
+from pgjobs.worker.summary import Summary
 from tests.helpers import (
     TESTS,
     WorkerProcess,
@@ -137,10 +140,10 @@ def test_a_retry_that_succeeds_keeps_its_earlier_errors(dsn: str) -> None:
 
 
 def test_default_backoff_grows_and_jitters() -> None:
-    waits = [_executor.default_backoff(n) for n in range(1, 8)]
+    waits = [outcomes.default_backoff(n) for n in range(1, 8)]
     assert waits == sorted(waits)
     assert 15 <= waits[0] <= 26
-    assert len({_executor.default_backoff(3) for _ in range(20)}) > 1
+    assert len({outcomes.default_backoff(3) for _ in range(20)}) > 1
 
 
 def test_retry_counts_the_attempt_and_schedules_from_the_database_clock(dsn: str) -> None:
@@ -256,10 +259,10 @@ def expire_and_reclaim(dsn: str, job_id: int) -> None:
                   {"limit": 100, "budget": 3, "channel": app.config.channel})
 
 
-def complete_many(dsn: str, ctx: JobContext, outcome: _executor.Outcome) -> set[int]:
-    row = _executor.outcome_row(outcome)
+def complete_many(dsn: str, ctx: JobContext, outcome: outcomes.Outcome) -> set[int]:
+    row = leases.outcome_row(outcome)
     assert row is not None
-    params = _executor.outcomes_param([(ctx.id, ctx.job.lease_token, row)])
+    params = leases.outcomes_param([(ctx.id, ctx.job.lease_token, row)])
     with psycopg.connect(dsn, autocommit=True) as c:
         written = c.execute(app.queries.job_complete_many, params).fetchall()
     return {r[0] for r in written}
@@ -273,8 +276,8 @@ def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
     assert second.id == job_id and second.lease_token != first.lease_token
     assert second.attempt == 1  # the lost attempt was refunded
     stale = JobContext(first, app.queries)
-    assert complete_many(dsn, stale, _executor.Outcome("succeeded", result="1")) == set()
-    assert complete_many(dsn, stale, _executor.Outcome("dead", error={"m": 1})) == set()
+    assert complete_many(dsn, stale, outcomes.Outcome("succeeded", result="1")) == set()
+    assert complete_many(dsn, stale, outcomes.Outcome("dead", error={"m": 1})) == set()
     with psycopg.connect(dsn) as conn, pytest.raises(pgjobs.LeaseLost):
         stale.complete(conn)
     assert stale.lease_lost
@@ -286,11 +289,11 @@ def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
     row = job(dsn, job_id)
     assert row["state"] == "running" and row["lease_token"] == second.lease_token
     fresh = JobContext(second, app.queries)
-    assert complete_many(dsn, fresh, _executor.Outcome("succeeded", result="2")) == {job_id}
+    assert complete_many(dsn, fresh, outcomes.Outcome("succeeded", result="2")) == {job_id}
     row = job(dsn, job_id)
     assert row["state"] == "succeeded" and row["result"] == 2 and row["recoveries"] == 1
     # A terminal state is absorbing: the stale attempt cannot flip it either.
-    assert complete_many(dsn, stale, _executor.Outcome("retry", error={"m": 1})) == set()
+    assert complete_many(dsn, stale, outcomes.Outcome("retry", error={"m": 1})) == set()
     assert job_state(dsn, job_id) == "succeeded"
 
 
@@ -631,7 +634,7 @@ def test_the_claim_connection_keeps_generic_plans_unless_it_prepares_nothing(
     """The claim statements are planned once per connection, not at each claim (the plan
     cache alone replans job_claim_limited every time, ~2 ms). Behind PgBouncer nothing is
     prepared and no session setting is left on a pooled server connection."""
-    from pgjobs._db import Connector
+    from pgjobs.db.connection import Connector
 
     async def setting() -> str:
         connector = Connector(shared_dsn, "claim", prepare, generic_plans=True)

@@ -24,8 +24,8 @@ import psycopg
 from psycopg import sql
 
 import pgjobs
-from pgjobs import _migrate
-from pgjobs._devserver import LocalServer
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.devserver import LocalServer
 from pgjobs.testing import drain
 
 SCHEMA = "pgjobs_demo"  # pgjobs' tables, for this demo only

@@ -27,8 +27,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgjobs import _migrate
-from pgjobs._devserver import LocalServer
+from pgjobs.ops import migrate as _migrate
+from pgjobs.ops.devserver import LocalServer
 from tests.chaos.harness import Fleet
 from tests.conftest import SERVER_ENV
 from tests.helpers import harness_database

@@ -15,9 +15,11 @@ from typing import Any
 
 import psycopg
 
-from pgjobs import _executor
-from pgjobs._db import RETRY_STATEMENT
-from pgjobs._job import ClaimedJob, JobContext
+from pgjobs.core import outcomes
+from pgjobs.core.types import ClaimedJob
+from pgjobs.db import leases
+from pgjobs.db.connection import RETRY_STATEMENT
+from pgjobs.worker.context import JobContext
 from tests.helpers import TESTS, query, scalar
 from tests.workerapps.chaos import app as chaos_app
 
@@ -168,7 +170,7 @@ def claim(conn: psycopg.Connection[Any], limit: int = 1, queue: str = "default"
 
 
 def write_outcomes(conn: psycopg.Connection[Any],
-                   writes: list[tuple[JobContext, _executor.Outcome]]) -> list[int]:
+                   writes: list[tuple[JobContext, outcomes.Outcome]]) -> list[int]:
     """One flush of the completer's statement (rows as its ``outcome_row`` makes them) on
     an autocommit connection; returns the ids written, one per row changed. Like the
     completer, it runs the statement again when PostgreSQL aborted it as a deadlock
@@ -178,13 +180,13 @@ def write_outcomes(conn: psycopg.Connection[Any],
     assert conn.autocommit
     rows = []
     for ctx, outcome in writes:
-        row = _executor.outcome_row(outcome)
+        row = leases.outcome_row(outcome)
         assert row is not None
         rows.append((ctx.id, ctx.job.lease_token, row))
     while True:
         try:
             written = conn.execute(chaos_app.queries.job_complete_many,
-                                   _executor.outcomes_param(rows)).fetchall()
+                                   leases.outcomes_param(rows)).fetchall()
         except RETRY_STATEMENT:
             time.sleep(random.uniform(0.001, 0.02))
             continue
@@ -192,7 +194,7 @@ def write_outcomes(conn: psycopg.Connection[Any],
 
 
 def complete_many(conn: psycopg.Connection[Any], ctx: JobContext,
-                  outcome: _executor.Outcome) -> set[int]:
+                  outcome: outcomes.Outcome) -> set[int]:
     return set(write_outcomes(conn, [(ctx, outcome)]))
 
 

@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from pgjobs import _executor
+from pgjobs.core import outcomes
 from tests.chaos.harness import Fleet, claim, pause, scale, write_outcomes
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import batchapp
@@ -86,12 +86,12 @@ def complete_manual_jobs_with_duplicates(dsn: str, rng: random.Random) -> int:
         claimed = claim(conn, limit=rng.randint(1, 5), queue=MANUAL)
         if not claimed:
             return 0
-        success = _executor.Outcome(_executor.SUCCEEDED, result="1")
+        success = outcomes.Outcome(outcomes.SUCCEEDED, result="1")
         flush = [(ctx, success) for ctx in claimed for _ in range(2)]
         rng.shuffle(flush)
         assert sorted(write_outcomes(conn, flush)) == sorted(ctx.id for ctx in claimed)
         assert write_outcomes(conn, flush) == []
-        failure = _executor.Outcome(_executor.RETRY, delay=0, error={"message": "stale"})
+        failure = outcomes.Outcome(outcomes.RETRY, delay=0, error={"message": "stale"})
         assert write_outcomes(conn, [(ctx, failure) for ctx in claimed]) == []
     return len(claimed)
 

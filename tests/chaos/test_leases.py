@@ -19,10 +19,10 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import _executor
-from pgjobs._completer import Completer
-from pgjobs._db import Connector
-from pgjobs._job import JobContext
+from pgjobs.core import outcomes
+from pgjobs.db.connection import Connector
+from pgjobs.worker.completer import Completer
+from pgjobs.worker.context import JobContext
 from tests.chaos.harness import (
     Fleet,
     all_succeeded,
@@ -40,12 +40,12 @@ from tests.workerapps.chaos import app
 pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("chaos")]
 
 OUTCOMES = [
-    _executor.Outcome(_executor.SUCCEEDED, result='"stale"'),
-    _executor.Outcome(_executor.RETRY, delay=0, error={"message": "stale retry"}),
-    _executor.Outcome(_executor.DEAD, error={"message": "stale death"}),
-    _executor.Outcome(_executor.SNOOZED, delay=0, meta={"snoozed": "stale"}),
-    _executor.Outcome(_executor.CANCELLED, meta={"cancel_reason": "stale"}),
-    _executor.Outcome(_executor.RELEASED),
+    outcomes.Outcome(outcomes.SUCCEEDED, result='"stale"'),
+    outcomes.Outcome(outcomes.RETRY, delay=0, error={"message": "stale retry"}),
+    outcomes.Outcome(outcomes.DEAD, error={"message": "stale death"}),
+    outcomes.Outcome(outcomes.SNOOZED, delay=0, meta={"snoozed": "stale"}),
+    outcomes.Outcome(outcomes.CANCELLED, meta={"cancel_reason": "stale"}),
+    outcomes.Outcome(outcomes.RELEASED),
 ]
 
 
@@ -152,7 +152,7 @@ def test_reclaim_racing_completions_never_undoes_a_completion(
                         completed.add(ctx.id)
                     except pgjobs.LeaseLost:
                         refused.add(ctx.id)
-                elif complete_many(conn, ctx, _executor.Outcome(_executor.SUCCEEDED)):
+                elif complete_many(conn, ctx, outcomes.Outcome(outcomes.SUCCEEDED)):
                     completed.add(ctx.id)
                 else:
                     refused.add(ctx.id)

@@ -1,0 +1,172 @@
+"""``Task``: a registered handler plus its enqueue defaults, and the enqueue entry points.
+
+Enqueue validates every row and encodes its args here, before any SQL is sent, so bad
+input is refused with a typed error and the caller's transaction is untouched; then it
+hands the rows to the database layer (``db.enqueue``), which writes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+
+import psycopg
+
+from ..core.args import ArgsEncoder
+from ..core.errors import ConfigurationError, UnknownTask
+from ..core.limits import NO_KEY_LIMIT, KeyLimit
+from ..core.options import JobOptions, unique_key
+from ..core.types import Enqueued
+from ..db import enqueue
+from ..db.enqueue import AnyStatement, NewJobs
+from ..db.queries import Queries
+from .config import Config
+
+P = ParamSpec("P")
+R = TypeVar("R")
+AnyConnection = psycopg.Connection[Any]
+AnyAsyncConnection = psycopg.AsyncConnection[Any]
+
+
+class Host(Protocol):
+    """What a task needs of its App: settings, statements, and reliable push."""
+
+    config: Config
+    queries: Queries
+
+    def _push(self, statement: AnyStatement) -> list[Enqueued]: ...
+
+    async def _apush(self, statement: AnyStatement) -> list[Enqueued]: ...
+
+
+class Task(Generic[P, R]):
+    """A registered handler plus enqueue defaults. Calling it runs the function directly."""
+
+    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "retry_backoff", "timeout")
+
+    def __init__(
+        self, app: Host, name: str, opts: JobOptions, fn: Callable[P, R] | None,
+        encoder: ArgsEncoder | None = None,
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.opts = opts
+        self.fn = fn
+        self.encoder = encoder or encoder_for(app.config.max_args_bytes, name, fn)
+        self.timeout: float | None = None
+        self.retry_backoff: Callable[[int], float] | None = None
+        self.limit: KeyLimit | None = None
+
+    def __repr__(self) -> str:
+        return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.fn is None:
+            raise UnknownTask(f"{self.name!r} is a reference without a handler; enqueue it")
+        return self.fn(*args, **kwargs)
+
+    @property
+    def is_async(self) -> bool:
+        return self.fn is not None and inspect.iscoroutinefunction(self.fn)
+
+    def options(self, **changes: Any) -> Task[P, R]:
+        """A copy with other enqueue options: queue, priority, max_attempts, run_at,
+        run_in, expires_at, expires_in, unique_for, unique_key, unique_until,
+        on_duplicate, batch (see :class:`pgjobs.JobOptions`)."""
+        copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
+        copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
+        copy.limit = self.limit
+        return copy
+
+    def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
+        """Enqueue one job with keyword ``kwargs``.
+
+        With ``conn``, the job is part of the caller's transaction: it is never committed
+        here, becomes visible (and wakes workers) only when the caller commits, and
+        vanishes on rollback. Without, it commits in a short transaction of the app's
+        pool, retried across connection failures without ever enqueueing twice.
+        """
+        statement = self._statement([kwargs])
+        if conn is None:
+            return self.app._push(statement)[0]
+        return statement.run(conn)[0]
+
+    def enqueue_many(
+        self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
+    ) -> list[Enqueued]:
+        """Enqueue one job per mapping in ``rows`` with one statement; results in order."""
+        statement = self._statement(list(rows))
+        if not statement.size:
+            return []
+        if conn is None:
+            return self.app._push(statement)
+        return statement.run(conn)
+
+    async def enqueue_async(
+        self, aconn: AnyAsyncConnection | None = None, /, **kwargs: Any
+    ) -> Enqueued:
+        """:meth:`enqueue` on a psycopg ``AsyncConnection`` (None: the app's async pool)."""
+        statement = self._statement([kwargs])
+        if aconn is None:
+            return (await self.app._apush(statement))[0]
+        return (await statement.arun(aconn))[0]
+
+    async def enqueue_many_async(
+        self, aconn: AnyAsyncConnection | None, rows: Iterable[Mapping[str, Any]]
+    ) -> list[Enqueued]:
+        """:meth:`enqueue_many` on a psycopg ``AsyncConnection``."""
+        statement = self._statement(list(rows))
+        if not statement.size:
+            return []
+        if aconn is None:
+            return await self.app._apush(statement)
+        return await statement.arun(aconn)
+
+    def limit_columns(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The per-key limit columns of one job with ``kwargs`` (computing its key)."""
+        return NO_KEY_LIMIT if self.limit is None else self.limit.columns(self.name, kwargs)
+
+    def new_jobs(self, rows: list[Mapping[str, Any]]) -> NewJobs:
+        """Validate and encode ``rows`` (typed errors, before any SQL is sent)."""
+        opts, limit, encode = self.opts, self.limit, self.encoder.encode
+        config = self.app.config
+        args = [encode(kwargs) for kwargs in rows]
+        keys = None
+        if limit is not None:
+            keys = [limit.columns(self.name, kwargs)["concurrency_key"] for kwargs in rows]
+        unique_keys = None
+        if opts.unique:
+            unique_keys = [unique_key(self.name, opts, kwargs) for kwargs in rows]
+        return NewJobs(
+            task=self.name, opts=opts, args=args, keys=keys,
+            shared_limits=NO_KEY_LIMIT if limit is None else limit.shared_columns(),
+            unique_keys=unique_keys, channel=config.channel if config.notify else None,
+        )
+
+    def _statement(self, rows: list[Mapping[str, Any]]) -> AnyStatement:
+        return enqueue.statement(self.app.queries, self.new_jobs(rows))
+
+
+def encoder_for(max_bytes: int | None, name: str, fn: Callable[..., Any] | None) -> ArgsEncoder:
+    """An encoder that also checks kwargs against the handler's signature, when known."""
+    if fn is None:
+        return ArgsEncoder(max_bytes, task=name)
+    params = inspect.signature(fn).parameters.values()
+    kinds = inspect.Parameter
+    for p in params:
+        if p.kind in (kinds.POSITIONAL_ONLY, kinds.VAR_POSITIONAL) and (
+            p.kind is kinds.VAR_POSITIONAL or p.default is p.empty
+        ):
+            raise ConfigurationError(
+                f"{name}: job handlers take keyword arguments only; "
+                f"parameter {p.name!r} cannot be passed by keyword"
+            )
+    takes_any = any(p.kind is kinds.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+    return ArgsEncoder(
+        max_bytes,
+        allowed=None if takes_any else frozenset(p.name for p in named),
+        required=frozenset(p.name for p in named if p.default is p.empty),
+        task=name,
+    )

@@ -1,0 +1,30 @@
+"""Batches: create one, register a callback, read its counters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..core.types import BatchStatus
+from .queries import Queries
+from .statement import Query, first, named, scalar
+
+
+def insert(q: Queries, parent_id: int | None, description: str | None) -> Query[int | None]:
+    """A new batch (a child counts itself into its parent); None when the parent does not
+    exist or has already succeeded."""
+    params = {"parent_id": parent_id, "description": description, "meta": "{}"}
+    return Query(q.batch_insert, params, scalar, schema=q.schema)
+
+
+def add_callback(q: Queries, batch_id: int, event: str,
+                 callback: dict[str, Any]) -> Query[int | None]:
+    """Append ``callback`` (the full job row ``batch_fire`` inserts) to the batch; None
+    when the batch is missing or ``event`` has already fired."""
+    params = {"id": batch_id, "event": event,
+              "callback": json.dumps(callback, ensure_ascii=False)}
+    return Query(q.batch_add_callback, params, scalar, schema=q.schema)
+
+
+def get(q: Queries, batch_id: int) -> Query[BatchStatus | None]:
+    return Query(q.batch_get, {"id": batch_id}, first, named(BatchStatus), schema=q.schema)

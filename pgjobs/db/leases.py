@@ -1,0 +1,106 @@
+"""A running job's lease, from claim to end: renew it (heartbeat), end it with an outcome
+(the completer's batched, fenced write, or a fenced completion inside the handler's own
+transaction), or take it back from a lost worker (reclaim) or an expired job (expire).
+
+``outcome_row`` is the one place where an attempt's outcome becomes the values written to
+``jobs``; ``complete_many`` writes a flush of them in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from ..core.outcomes import (
+    CANCELLED,
+    DEAD,
+    LEASE_LOST,
+    RELEASED,
+    RETRY,
+    SNOOZED,
+    SUCCEEDED,
+    Outcome,
+)
+from .queries import Queries
+from .statement import Query, Rows, column, every, first
+
+# (state, delay seconds, attempt refund, error, result JSON text, meta)
+Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
+
+
+def outcome_row(outcome: Outcome) -> Row | None:
+    """The values ``job_complete_many`` writes for ``outcome`` (None: write nothing)."""
+    kind = outcome.kind
+    error, meta, delay = outcome.error, outcome.meta, outcome.delay
+    if kind == SUCCEEDED:
+        return ("succeeded", delay, 0, None, outcome.result, None)
+    if kind == RETRY:
+        return ("available", delay, 0, error, None, None)
+    if kind == DEAD:
+        return ("dead", delay, 0, error, None, None)
+    if kind == SNOOZED:
+        return ("available", delay, 1, None, None, meta)
+    if kind == CANCELLED:
+        return ("cancelled", delay, 0, None, None, meta)
+    if kind == RELEASED:  # no delay: it keeps its run_at, its place in line
+        return ("available", None, 1, None, None, None)
+    if kind == LEASE_LOST:
+        return None
+    raise AssertionError(f"unknown outcome {kind!r}")
+
+
+def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]]) -> Query[set[int]]:
+    """Write (job id, lease token, row) triples in one statement; returns the ids written
+    (a job whose lease this attempt lost is not among them)."""
+    return Query(q.job_complete_many, outcomes_param(writes), _ids, schema=q.schema)
+
+
+def outcomes_param(writes: Sequence[tuple[int, Any, Row]]) -> dict[str, str]:
+    """``job_complete_many``'s one parameter: a JSON array of [id, token, state, delay,
+    refund, error, result, meta] rows (one text parameter is far cheaper to send than
+    eight arrays dumped element by element)."""
+    document = [[job_id, str(token), *row] for job_id, token, row in writes]
+    # ensure_ascii: a lone surrogate or NUL becomes a JSON escape that the database
+    # refuses (a psycopg.Error, which the completer handles row by row), never an encoding
+    # error in the driver.
+    return {"outcomes": json.dumps(document, separators=(",", ":"))}
+
+
+def complete_fenced(q: Queries, job_id: int, token: Any, result: str | None) -> Query[bool]:
+    """Success inside the caller's transaction, if this attempt still holds the lease."""
+    params = {"id": job_id, "token": token, "result": result}
+    return Query(q.job_complete_fenced, params, _found, schema=q.schema)
+
+
+def heartbeat(q: Queries, ids: Sequence[int], tokens: Sequence[Any], lease: timedelta,
+              worker_id: int | None) -> Query[set[Any]]:
+    """Renew the leases of (id, token) pairs and the worker's heartbeat; returns the tokens
+    still held (renewed, or busy in their handler's own transaction)."""
+    params = {"ids": list(ids), "tokens": list(tokens), "lease": lease, "worker_id": worker_id}
+    return Query(q.job_heartbeat, params, _tokens, schema=q.schema)
+
+
+def reclaim(q: Queries, budget: int, channel: str, limit: int = 1000
+            ) -> Query[list[tuple[int, str]]]:
+    """Take back running jobs whose lease expired: (id, new state) of each."""
+    params = {"limit": limit, "budget": budget, "channel": channel}
+    return Query(q.job_reclaim, params, every, schema=q.schema)
+
+
+def expire(q: Queries, limit: int = 1000) -> Query[list[int]]:
+    """Mark available jobs past their ``expires_at`` expired; their ids."""
+    return Query(q.job_expire, {"limit": limit}, column, schema=q.schema)
+
+
+def _ids(rows: Rows, count: int) -> set[int]:
+    return {row[0] for row in rows}
+
+
+def _found(rows: Rows, count: int) -> bool:
+    return first(rows, count) is not None
+
+
+def _tokens(rows: Rows, count: int) -> set[Any]:
+    return {row[0] for row in rows}

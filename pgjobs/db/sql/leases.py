@@ -1,0 +1,178 @@
+"""SQL: a running job's lease, from claim to end. Heartbeats renew it; completions
+(batched outcomes, or one fenced completion in the handler's own transaction), reclaims of
+lost workers' jobs and expiries end it. Every write is fenced by the lease token."""
+
+from __future__ import annotations
+
+# Renews every lease this worker holds, and its own heartbeat, in one round trip. Fenced
+# by token: a lease that was reclaimed is not renewed, and its token is missing from the
+# result, which is how the worker learns that it lost the job.
+# SKIP LOCKED: a row locked by a handler's own open transaction (complete(conn) before its
+# commit) is reported busy (renewed = false) instead of stalling every other lease.
+job_heartbeat = """
+WITH held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+),
+lockable AS (
+    SELECT job.id FROM {schema}.jobs AS job JOIN held ON job.id = held.id
+    FOR UPDATE OF job SKIP LOCKED
+),
+renewed AS (
+    UPDATE {schema}.jobs AS job
+    SET lease_expires_at = clock_timestamp() + %(lease)s::interval
+    FROM held
+    WHERE job.id = held.id AND job.lease_token = held.token
+      AND job.id IN (SELECT id FROM lockable)
+    RETURNING job.lease_token
+),
+beat AS (
+    UPDATE {schema}.workers SET heartbeat_at = clock_timestamp()
+    WHERE id = %(worker_id)s
+    RETURNING id
+)
+-- beat is data-modifying, so it runs although nothing selects from it
+SELECT lease_token, true FROM renewed
+UNION ALL
+SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
+"""
+
+# The batches (and their parents) of the jobs in SOURCE, locked in id order before any job
+# is updated. A job's state change updates its batch's counters and then, when an event
+# fires, the parent's, through the jobs' trigger: left to the trigger, two statements over
+# jobs of the same batches lock those rows in whatever order their jobs come, and can
+# deadlock (PostgreSQL aborts one of them after deadlock_timeout). Every statement that
+# moves jobs of several batches, or that may fire a batch's events, takes them here first.
+_BATCH_LOCKS = """
+batch_locks AS (
+    SELECT b.id FROM {schema}.batches AS b
+    WHERE b.id IN (
+        SELECT ids.id
+        FROM SOURCE AS s
+        JOIN {schema}.jobs AS j ON j.id = s.id
+        JOIN {schema}.batches AS own ON own.id = j.batch_id
+        CROSS JOIN LATERAL (VALUES (own.id), (own.parent_id)) AS ids(id))
+    ORDER BY b.id
+    FOR UPDATE OF b
+)"""
+
+def _batch_locks(source: str) -> str:
+    return _BATCH_LOCKS.replace("SOURCE", source)
+
+# Writes a flush of outcomes in one statement. Every row is fenced by its lease token:
+# an attempt that lost its lease (reclaimed, or already completed in the handler's own
+# transaction) matches nothing, and a terminal state can never be overwritten because
+# terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
+# The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
+# result text, meta] rows (see _executor.outcomes_param): one text parameter is far
+# cheaper for the worker to send than eight arrays dumped element by element.
+job_complete_many = """
+WITH o AS (
+    SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
+           make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
+           nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
+           nullif(e->7, 'null') AS meta
+    FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
+),
+-- The unique holds these outcomes release, locked first and in key order (the order in
+-- which enqueue takes them): a flush and an enqueue of the same keys then wait for each
+-- other instead of deadlocking. The jobs' trigger then deletes holds already locked here.
+holds AS (
+    SELECT u.key FROM o
+    JOIN {schema}.jobs AS j ON j.id = o.id AND j.lease_token = o.token
+    JOIN {schema}.unique_keys AS u ON u.key = j.unique_key AND u.job_id = j.id
+    ORDER BY u.key
+    FOR UPDATE OF u
+),""" + _batch_locks("o") + """
+UPDATE {schema}.jobs AS job
+SET state = o.state,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    attempt = job.attempt - o.refund,
+    -- no delay (a job released unstarted or interrupted): it keeps its place in line
+    run_at = CASE WHEN o.state = 'available'
+                  THEN coalesce(clock_timestamp() + o.delay, job.run_at)
+                  ELSE job.run_at END,
+    finished_at = CASE WHEN o.state = 'available' THEN NULL ELSE clock_timestamp() END,
+    errors = CASE WHEN o.error IS NULL THEN job.errors
+                  ELSE job.errors || jsonb_build_array(
+                      o.error || jsonb_build_object('at', clock_timestamp())) END,
+    result = o.result,
+    meta = CASE WHEN o.meta IS NULL THEN job.meta ELSE job.meta || o.meta END
+FROM o
+WHERE job.id = o.id AND job.lease_token = o.token
+  -- the holds, then the batches, are locked before any job is updated
+  AND (SELECT count(*) FROM holds) >= 0 AND (SELECT count(*) FROM batch_locks) >= 0
+RETURNING job.id
+"""
+
+# current_job().complete(conn): success inside the handler's own transaction, fenced by
+# the lease so that a stale attempt's transaction finds no row and rolls back.
+job_complete_fenced = """
+WITH target AS (SELECT %(id)s::bigint AS id),""" + _batch_locks("target") + """
+UPDATE {schema}.jobs
+SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
+    finished_at = clock_timestamp(), result = %(result)s::jsonb
+WHERE id = %(id)s AND lease_token = %(token)s AND (SELECT count(*) FROM batch_locks) >= 0
+RETURNING id
+"""
+
+# Returns running jobs whose lease expired (their worker died, hung or lost the network).
+# The lost attempt is refunded and counted as a recovery instead; past the recovery budget
+# the job is dead, so a job that kills its worker cannot crash-loop the fleet. SKIP LOCKED
+# makes concurrent reclaimers safe, and the lease check is re-evaluated on the locked row,
+# so a job completed meanwhile is left alone.
+job_reclaim = """
+WITH lost AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < clock_timestamp()
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),""" + _batch_locks("lost") + """,
+reclaimed AS (
+    UPDATE {schema}.jobs AS job
+    SET state = CASE WHEN job.recoveries >= %(budget)s THEN 'dead' ELSE 'available' END,
+        recoveries = job.recoveries + 1,
+        attempt = greatest(job.attempt - 1, 0),
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        -- run_at is kept: the job goes back to its place in line, not to the end
+        finished_at = CASE WHEN job.recoveries >= %(budget)s THEN clock_timestamp() END,
+        errors = job.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', job.attempt,
+            'at', clock_timestamp(),
+            'type', 'pgjobs.WorkerLost',
+            'message', CASE WHEN job.recoveries >= %(budget)s
+                THEN format('worker lost (worker %%s): lease expired; recovery budget of %%s '
+                            'exhausted, job is dead', job.worker_id, %(budget)s)
+                ELSE format('worker lost (worker %%s): lease expired; job recovered',
+                            job.worker_id) END,
+            'traceback', NULL))
+    FROM lost
+    WHERE job.id = lost.id AND (SELECT count(*) FROM batch_locks) >= 0
+    RETURNING job.id, job.state, job.queue
+),
+-- Recovered jobs wake idle workers of their queue, as a new job would.
+notified AS (
+    SELECT pg_notify(%(channel)s, queue)
+    FROM (SELECT DISTINCT queue FROM reclaimed WHERE state = 'available') q
+)
+SELECT id, state FROM reclaimed, (SELECT count(*) FROM notified) n
+"""
+
+# Marks available jobs whose expires_at has passed as expired (the claim already skips
+# them; this makes the outcome visible and releases unique holds and batch counts through
+# the triggers). SKIP LOCKED: any number of workers may run it at once.
+job_expire = """
+WITH due AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'available' AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),""" + _batch_locks("due") + """
+UPDATE {schema}.jobs AS job
+SET state = 'expired', finished_at = clock_timestamp()
+FROM due WHERE job.id = due.id AND (SELECT count(*) FROM batch_locks) >= 0
+RETURNING job.id
+"""

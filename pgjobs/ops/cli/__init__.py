@@ -1,0 +1,5 @@
+"""The ``pgjobs`` command line (``pgjobs --help``)."""
+
+from .main import cli, main
+
+__all__ = ["cli", "main"]

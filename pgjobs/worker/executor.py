@@ -1,0 +1,134 @@
+"""Running one claimed job: a short pipeline of named steps that ends in one Outcome.
+
+    resolve_task -> invoke (async on the loop, sync on the thread pool, with timeout)
+                 -> classify (return value or exception -> Outcome)
+
+The outcome is written by the completer (``db.leases.outcome_row`` maps it to a row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..core.args import Undecodable, encode_result
+from ..core.control import Cancel, Snooze
+from ..core.errors import InvalidArgs, JobTimeout, LeaseLost, UnknownTask
+from ..core.outcomes import (
+    CANCELLED,
+    LEASE_LOST,
+    RELEASED,
+    SNOOZED,
+    SUCCEEDED,
+    Outcome,
+    default_backoff,
+    failure,
+)
+from ..core.types import ClaimedJob
+from .context import JobContext, _current
+from .host import Handler
+
+
+def check_args(job: ClaimedJob) -> None:
+    """Args the claim could not decode fail this job, with the reason."""
+    if isinstance(job.args, Undecodable):
+        raise InvalidArgs(
+            f"job {job.id}'s args could not be decoded ({job.args.error}); fix or delete "
+            "the row: pgjobs' enqueue refuses such args, so another producer wrote them"
+        )
+
+
+class Executor:
+    """Runs claimed jobs of one app; sync handlers on a bounded thread pool."""
+
+    def __init__(self, tasks: Mapping[str, Handler], threads: int) -> None:
+        self.tasks = tasks
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pgjobs-job")
+
+    async def execute(self, job: ClaimedJob, ctx: JobContext) -> Outcome:
+        try:
+            task = self.resolve_task(job)
+            check_args(job)
+        except (UnknownTask, InvalidArgs) as exc:
+            return failure(job, exc, default_backoff)
+        backoff = task.retry_backoff or default_backoff
+        try:
+            value = await self.invoke(task, job, ctx)
+        except asyncio.CancelledError:
+            return self.interrupted(job, ctx)
+        except LeaseLost:
+            return Outcome(LEASE_LOST)
+        except Snooze as exc:
+            return Outcome(SNOOZED, delay=exc.delay, meta={"snoozed": exc.reason or True})
+        except Cancel as exc:
+            return Outcome(CANCELLED, meta={"cancel_reason": exc.reason})
+        except BaseException as exc:
+            # Every handler error is a failure, SystemExit and KeyboardInterrupt included:
+            # they must not take the worker down (its own signals are handled elsewhere).
+            if ctx.lease_lost:
+                return Outcome(LEASE_LOST)
+            return failure(job, exc, backoff)
+        if ctx.lease_lost:
+            return Outcome(LEASE_LOST)
+        return Outcome(SUCCEEDED, result=encode_result(value))
+
+    def resolve_task(self, job: ClaimedJob) -> Handler:
+        """Only registered tasks run: a name read from the database is never imported."""
+        task = self.tasks.get(job.task)
+        if task is None or task.fn is None:
+            raise UnknownTask(
+                f"job {job.id} names task {job.task!r}, which this worker does not have "
+                "registered; deploy the code that registers it (jobs are retried meanwhile)"
+            )
+        return task
+
+    async def invoke(self, task: Handler, job: ClaimedJob, ctx: JobContext) -> Any:
+        token = _current.set(ctx)
+        try:
+            fn = task.fn
+            assert fn is not None
+            if task.is_async:
+                if task.timeout is None:
+                    return await fn(**job.args)
+                limit = asyncio.timeout(task.timeout)
+                try:
+                    async with limit:
+                        return await fn(**job.args)
+                except TimeoutError:
+                    if limit.expired():
+                        raise JobTimeout(f"timed out after {task.timeout} s") from None
+                    raise  # the handler's own TimeoutError
+            call = functools.partial(contextvars.copy_context().run, fn, **job.args)
+            future = asyncio.get_running_loop().run_in_executor(self.pool, call)
+            if task.timeout is None:
+                return await asyncio.shield(future)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), task.timeout)
+            except TimeoutError:
+                # A thread cannot be killed: ask it to stop, keep its slot until it
+                # returns, and record the timeout whatever it returns.
+                ctx.stop_event.set()
+                await asyncio.shield(future)
+                raise JobTimeout(
+                    f"timed out after {task.timeout} s (sync handler ran to completion)"
+                ) from None
+        finally:
+            _current.reset(token)
+
+    @staticmethod
+    def interrupted(job: ClaimedJob, ctx: JobContext) -> Outcome:
+        if ctx.lease_lost:
+            return Outcome(LEASE_LOST)
+        return Outcome(RELEASED)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
