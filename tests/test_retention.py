@@ -162,9 +162,12 @@ def new_batch(fresh_app: pgjobs.App) -> NewBatch:
 
 def finish(dsn: str, ids: list[int], state: str = "succeeded",
            age: timedelta = timedelta(0)) -> None:
-    """Ends jobs the way a worker does (the batch triggers count them), ``age`` ago."""
+    """Ends jobs the way a worker does, ``age`` ago: the batch triggers count them, and the
+    worker then folds their batches' counters (firing the events that are due)."""
     query(dsn, "UPDATE pgjobs.jobs SET state = %s, finished_at = now() - %s "
                "WHERE id = ANY(%s)", state, age, ids)
+    query(dsn, "SELECT pgjobs.batch_fold(ARRAY(SELECT batch_id FROM pgjobs.jobs "
+               "WHERE id = ANY(%s) AND batch_id IS NOT NULL))", ids)
 
 
 def batch_row(dsn: str, batch_id: int) -> tuple[Any, ...] | None:

@@ -14,7 +14,7 @@ import psycopg
 
 from ..core.errors import InvalidOption
 from ..core.types import JobChange
-from ..db import jobs
+from ..db import batches, jobs
 from ..db.queries import Queries
 
 AnyConnection = psycopg.Connection[Any]
@@ -32,10 +32,23 @@ def job_ids(ids: Iterable[int]) -> list[int]:
 
 def cancel_jobs(q: Queries, conn: AnyConnection, ids: Iterable[int],
                 reason: str | None) -> list[JobChange]:
-    return [_cancelled(**row) for row in jobs.cancel(q, job_ids(ids), reason).run(conn)]
+    rows = jobs.cancel(q, job_ids(ids), reason).run(conn)
+    _fold(q, conn, rows)
+    return [_cancelled(**row) for row in rows]
 
 
-def _cancelled(id: int, changed: bool, was: str | None, state: str | None) -> JobChange:
+def _fold(q: Queries, conn: AnyConnection, rows: list[dict[str, Any]]) -> None:
+    """Fold the counters of the batches whose jobs changed, in this transaction, so the
+    events they make due (a cancelled job counts as succeeded) fire with it. Their rows
+    stay locked until it ends; a worker's fold skips them meanwhile."""
+    changed = sorted({row["batch_id"] for row in rows
+                      if row["changed"] and row["batch_id"] is not None})
+    if changed:
+        batches.fold(q, changed).run(conn)
+
+
+def _cancelled(id: int, changed: bool, was: str | None, state: str | None,
+               batch_id: int | None) -> JobChange:
     if changed:
         detail = ("cancelled; its worker stops the handler at its next heartbeat"
                   if was == "running" else "cancelled")
@@ -48,11 +61,14 @@ def _cancelled(id: int, changed: bool, was: str | None, state: str | None) -> Jo
 
 def retry_jobs(q: Queries, conn: AnyConnection, ids: Iterable[int],
                channel: str) -> list[JobChange]:
-    return [_retried(**row) for row in jobs.retry(q, job_ids(ids), channel).run(conn)]
+    rows = jobs.retry(q, job_ids(ids), channel).run(conn)
+    _fold(q, conn, rows)
+    return [_retried(**row) for row in rows]
 
 
 def _retried(id: int, changed: bool, was: str | None, state: str | None,
-             key_holder: int | None, batch_succeeded: bool | None) -> JobChange:
+             key_holder: int | None, batch_succeeded: bool | None,
+             batch_id: int | None) -> JobChange:
     if changed:
         detail = "runs now" if was == "available" else f"retried (was {was})"
     elif state is None:

@@ -1,13 +1,14 @@
-"""Batches: create one, register a callback, read its counters."""
+"""Batches: create one, register a callback, read its counters, fold its deltas."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..core.types import BatchStatus
 from .queries import Queries
-from .statement import Query, first, named, scalar
+from .statement import Query, Rows, column, first, named, scalar
 
 
 def insert(q: Queries, parent_id: int | None, description: str | None) -> Query[int | None]:
@@ -28,3 +29,19 @@ def add_callback(q: Queries, batch_id: int, event: str,
 
 def get(q: Queries, batch_id: int) -> Query[BatchStatus | None]:
     return Query(q.batch_get, {"id": batch_id}, first, named(BatchStatus), schema=q.schema)
+
+
+def fold(q: Queries, ids: Sequence[int]) -> Query[list[int]]:
+    """Fold the deltas of batches ``ids`` into their counters and fire the events due;
+    returns the ids skipped because another transaction held their row (fold them
+    again later)."""
+    return Query(q.batch_fold, {"ids": list(ids)}, _skipped, schema=q.schema)
+
+
+def unfolded(q: Queries, limit: int = 100) -> Query[list[int]]:
+    """Batches with deltas not yet folded, lowest id first."""
+    return Query(q.batch_unfolded, {"limit": limit}, column, schema=q.schema)
+
+
+def _skipped(rows: Rows, count: int) -> list[int]:
+    return list(rows[0][0] or []) if rows else []

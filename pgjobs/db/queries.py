@@ -36,6 +36,8 @@ class Queries:
     batch_insert: sql.SQL
     batch_add_callback: sql.SQL
     batch_get: sql.SQL
+    batch_fold: sql.SQL
+    batch_unfolded: sql.SQL
     job_claim: sql.SQL
     queue_limited: sql.SQL
     job_claim_limited: sql.SQL

@@ -42,6 +42,9 @@ GRANTS: tuple[tuple[str, str, str, str], ...] = (
     # app.batch() inserts, registers callbacks and counts jobs in (UPDATE); completions
     # count them out; the pruner deletes emptied, long-complete batches.
     ("TABLE", "batches", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE, DELETE"),
+    # counters' deltas: an enqueue into a batch appends one; a fold (a worker's, or the
+    # batch's own at its creating commit) deletes what it folds; status reads sum them.
+    ("TABLE", "batch_deltas", "SELECT, INSERT, DELETE", "SELECT, INSERT, DELETE"),
     # reliable push writes and reads receipts; maintenance prunes them after a day (its
     # FOR UPDATE SKIP LOCKED needs UPDATE; no statement updates a receipt).
     ("TABLE", "enqueue_receipts", "SELECT, INSERT", "SELECT, INSERT, UPDATE, DELETE"),
@@ -61,6 +64,7 @@ GRANTS: tuple[tuple[str, str, str, str], ...] = (
     ("TABLE", "batch_progress", "SELECT", "SELECT"),
     ("FUNCTION", "batch_add_jobs(bigint, bigint)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "batch_evaluate(bigint)", "EXECUTE", "EXECUTE"),
+    ("FUNCTION", "batch_fold(bigint[])", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "batch_fire(batches, text)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "jobs_unique_release()", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "jobs_batch_progress()", "EXECUTE", "EXECUTE"),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from psycopg import sql
 
@@ -57,7 +59,8 @@ class Claimer:
 
     def __init__(self, config: WorkerConfig, queries: Queries, queues: list[str],
                  connector: Connector, router: ClaimRouter, slots: Slots,
-                 ahead: ClaimAhead) -> None:
+                 ahead: ClaimAhead,
+                 settle: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.queries = queries
         self.queues = queues
@@ -65,6 +68,7 @@ class Claimer:
         self.router = router
         self.slots = slots
         self.ahead = ahead
+        self.settle = settle
         self.lease = timedelta(seconds=config.lease)
         self.wake = asyncio.Event()
         self.worker_id: int | None = None
@@ -112,6 +116,12 @@ class Claimer:
                 continue
             if config.burst and not slots.held:
                 await slots.completer.drain()  # retries written as due may be claimable
+                if self.settle is not None:  # and callbacks of batches they finished
+                    try:
+                        await self.settle(await self.connector.get())
+                    except TRANSIENT as exc:
+                        await self.connector.backoff(exc)
+                        continue
                 jobs = await self.claim(want)
                 if not jobs:
                     return

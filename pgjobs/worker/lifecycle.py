@@ -31,7 +31,7 @@ from ..core.version import HEAD_REVISION, __version__
 from ..db import schema, workers
 from ..db.connection import TRANSIENT, Connector
 from .claimer import ClaimAhead, Claimer
-from .completer import Completer
+from .completer import Completer, Pending
 from .config import WorkerConfig
 from .context import JobContext
 from .executor import Executor
@@ -76,7 +76,7 @@ class Worker:
                     for t in app.tasks.values())
         router = ClaimRouter(queries, self.queues, keyed=keyed)
         self.claimer = Claimer(config, queries, self.queues, self.dbs["claim"], router,
-                               self.slots, self.ahead)
+                               self.slots, self.ahead, settle=self._settle)
         self.heartbeat = Heartbeat(self.dbs["heartbeat"], queries, self.slots, config.lease,
                                    lambda: self.worker_id)
         self.maintenance = Maintenance(self.dbs["maintenance"], steps(app, config))
@@ -126,8 +126,17 @@ class Worker:
     def _poke(self) -> None:
         self.claimer.poke()
 
-    def _written(self, batch: list[Any]) -> None:
+    def _written(self, batch: list[Pending]) -> None:
         self.slots.written(batch)
+        # Their batches' counters changed: fold them, so callbacks fire promptly.
+        ids = {p.ctx.job.batch_id for p in batch if p.ctx.job.batch_id is not None}
+        if ids:
+            self.maintenance.folder.request(ids)
+
+    async def _settle(self, conn: Any) -> None:
+        """Before a burst worker decides nothing is left: fold the batches of the jobs it
+        finished, so the callbacks they make due are there to claim."""
+        await self.maintenance.folder.settle(conn)
 
     # -- main --------------------------------------------------------------------------
 

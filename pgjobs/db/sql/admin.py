@@ -25,7 +25,7 @@ LIMIT %(limit)s
 # next heartbeat finds the lease gone and stops the handler, and every write of that
 # attempt is fenced out (as for a reclaimed job). Triggers release unique holds and count
 # the job into its batch. Returns one row per id asked: changed, the state it had, the
-# state it has.
+# state it has, its batch (whose counters the caller then folds).
 job_cancel = """
 WITH target AS (
     SELECT id, state FROM {schema}.jobs
@@ -42,7 +42,8 @@ cancelled AS (
     RETURNING job.id, target.state AS was
 )
 SELECT i.id, cancelled.id IS NOT NULL AS changed, coalesce(cancelled.was, job.state) AS was,
-       CASE WHEN cancelled.id IS NOT NULL THEN 'cancelled' ELSE job.state END AS state
+       CASE WHEN cancelled.id IS NOT NULL THEN 'cancelled' ELSE job.state END AS state,
+       job.batch_id
 FROM unnest(%(ids)s::bigint[]) AS i(id)
 LEFT JOIN cancelled ON cancelled.id = i.id
 LEFT JOIN {schema}.jobs AS job ON job.id = i.id
@@ -97,7 +98,7 @@ SELECT i.id, retried.id IS NOT NULL AS changed, coalesce(retried.was, job.state)
        (SELECT u.job_id FROM {schema}.unique_keys AS u
         WHERE u.key = job.unique_key AND u.job_id <> job.id) AS key_holder,
        (SELECT b.succeeded_at IS NOT NULL FROM {schema}.batches AS b
-        WHERE b.id = job.batch_id) AS batch_succeeded
+        WHERE b.id = job.batch_id) AS batch_succeeded, job.batch_id
 FROM unnest(%(ids)s::bigint[]) AS i(id)
 LEFT JOIN retried ON retried.id = i.id
 LEFT JOIN {schema}.jobs AS job ON job.id = i.id,

@@ -36,28 +36,6 @@ UNION ALL
 SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
 """
 
-# The batches (and their parents) of the jobs in SOURCE, locked in id order before any job
-# is updated. A job's state change updates its batch's counters and then, when an event
-# fires, the parent's, through the jobs' trigger: left to the trigger, two statements over
-# jobs of the same batches lock those rows in whatever order their jobs come, and can
-# deadlock (PostgreSQL aborts one of them after deadlock_timeout). Every statement that
-# moves jobs of several batches, or that may fire a batch's events, takes them here first.
-_BATCH_LOCKS = """
-batch_locks AS (
-    SELECT b.id FROM {schema}.batches AS b
-    WHERE b.id IN (
-        SELECT ids.id
-        FROM SOURCE AS s
-        JOIN {schema}.jobs AS j ON j.id = s.id
-        JOIN {schema}.batches AS own ON own.id = j.batch_id
-        CROSS JOIN LATERAL (VALUES (own.id), (own.parent_id)) AS ids(id))
-    ORDER BY b.id
-    FOR UPDATE OF b
-)"""
-
-def _batch_locks(source: str) -> str:
-    return _BATCH_LOCKS.replace("SOURCE", source)
-
 # Writes a flush of outcomes in one statement. Every row is fenced by its lease token:
 # an attempt that lost its lease (reclaimed, or already completed in the handler's own
 # transaction) matches nothing, and a terminal state can never be overwritten because
@@ -82,7 +60,7 @@ holds AS (
     JOIN {schema}.unique_keys AS u ON u.key = j.unique_key AND u.job_id = j.id
     ORDER BY u.key
     FOR UPDATE OF u
-),""" + _batch_locks("o") + """
+)
 UPDATE {schema}.jobs AS job
 SET state = o.state,
     lease_token = NULL,
@@ -100,19 +78,18 @@ SET state = o.state,
     meta = CASE WHEN o.meta IS NULL THEN job.meta ELSE job.meta || o.meta END
 FROM o
 WHERE job.id = o.id AND job.lease_token = o.token
-  -- the holds, then the batches, are locked before any job is updated
-  AND (SELECT count(*) FROM holds) >= 0 AND (SELECT count(*) FROM batch_locks) >= 0
+  -- the holds are locked before any job is updated
+  AND (SELECT count(*) FROM holds) >= 0
 RETURNING job.id
 """
 
 # current_job().complete(conn): success inside the handler's own transaction, fenced by
 # the lease so that a stale attempt's transaction finds no row and rolls back.
 job_complete_fenced = """
-WITH target AS (SELECT %(id)s::bigint AS id),""" + _batch_locks("target") + """
 UPDATE {schema}.jobs
 SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
     finished_at = clock_timestamp(), result = %(result)s::jsonb
-WHERE id = %(id)s AND lease_token = %(token)s AND (SELECT count(*) FROM batch_locks) >= 0
+WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
 """
 
@@ -128,7 +105,7 @@ WITH lost AS (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-),""" + _batch_locks("lost") + """,
+),
 reclaimed AS (
     UPDATE {schema}.jobs AS job
     SET state = CASE WHEN job.recoveries >= %(budget)s THEN 'dead' ELSE 'available' END,
@@ -149,7 +126,7 @@ reclaimed AS (
                             job.worker_id) END,
             'traceback', NULL))
     FROM lost
-    WHERE job.id = lost.id AND (SELECT count(*) FROM batch_locks) >= 0
+    WHERE job.id = lost.id
     RETURNING job.id, job.state, job.queue
 ),
 -- Recovered jobs wake idle workers of their queue, as a new job would.
@@ -170,9 +147,9 @@ WITH due AS (
     ORDER BY expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-),""" + _batch_locks("due") + """
+)
 UPDATE {schema}.jobs AS job
 SET state = 'expired', finished_at = clock_timestamp()
-FROM due WHERE job.id = due.id AND (SELECT count(*) FROM batch_locks) >= 0
+FROM due WHERE job.id = due.id
 RETURNING job.id
 """

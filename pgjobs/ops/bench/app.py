@@ -40,6 +40,17 @@ def bench_app(dsn: str, schema: str) -> App:
         async with _POOLS["async"].connection() as aconn:
             await current_job().complete_async(aconn)
 
+    effect = sql.SQL("INSERT INTO {} (job_id) VALUES (%s)").format(
+        sql.Identifier(schema, "bench_effects"))
+
+    @app.job(name="tx_effect")
+    def tx_effect() -> None:
+        """One effect row and the job's success, in one transaction."""
+        job = current_job()
+        with _POOLS["sync"].connection() as conn:
+            conn.execute(effect, (job.id,))
+            job.complete(conn)
+
     @app.job(name="stamp")
     async def stamp() -> None:
         _STARTS.append((current_job().id, time.time()))
@@ -64,7 +75,7 @@ def _drain_child(dsn: str, schema: str, kind: str, concurrency: int, ready: Any,
     from ...worker.lifecycle import Worker
 
     app = bench_app(dsn, schema)
-    if kind.endswith("_tx"):
+    if kind.endswith("_tx") or kind == "tx_effect":
         _open_pools(dsn, concurrency)
 
     async def main() -> dict[str, int]:
@@ -78,7 +89,7 @@ def _drain_child(dsn: str, schema: str, kind: str, concurrency: int, ready: Any,
         return dict(stats)
 
     stats = asyncio.run(main())
-    if kind == "sync_tx":
+    if kind in ("sync_tx", "tx_effect"):
         _POOLS["sync"].close()
     results.put(stats)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCENARIOS = ("enqueue_single", "enqueue_bulk", "drain", "latency")
+SCENARIOS = ("enqueue_single", "enqueue_bulk", "drain", "latency", "batch")
 DRAIN_KINDS = ("sync", "async", "sync_tx", "async_tx")
 
 
@@ -32,3 +32,8 @@ class BenchConfig:
     latency_rate: float = 50.0
     """Jobs per second in the latency scenario."""
     latency_seconds: float = 5.0
+    batch_jobs: int = 4_000
+    """Jobs per batch-scenario measurement (each in one batch, or in none)."""
+    batch_concurrency: int = 16
+    """Worker concurrency (and raw-SQL threads per process) in the batch scenario; it runs
+    ``processes`` worker processes."""

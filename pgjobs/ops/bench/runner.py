@@ -17,6 +17,7 @@ from psycopg import sql
 
 from ...core.names import channel_for
 from ...core.version import __version__
+from . import batches
 from .app import (
     _drain_child,
     _latency_child_minimal,
@@ -249,6 +250,12 @@ class Bench:
         n, conc = self.config.drain, self.config.concurrency
         self.fill(n, _task_name(kind))
         self.step(r, f"drain pgjobs {kind} x{procs} process(es), concurrency {conc}")
+        self.record(f"drain/pgjobs_{kind}_p{procs}", n / self.drain_processes(kind, procs, conc, n),
+                    "jobs/s")
+
+    def drain_processes(self, kind: str, procs: int, conc: int, n: int) -> float:
+        """Seconds ``procs`` burst workers of ``kind`` take to run the ``n`` jobs there are
+        (from the moment all are ready); every job must succeed."""
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Barrier(procs + 1)
         results = ctx.Queue()
@@ -270,7 +277,12 @@ class Bench:
             child.join(30)
         if stats.get("succeeded", 0) != n:
             raise RuntimeError(f"pgjobs drain ({kind}) outcomes {stats}, expected {n} succeeded")
-        self.record(f"drain/pgjobs_{kind}_p{procs}", n / elapsed, "jobs/s")
+        return elapsed
+
+    # -- batch ------------------------------------------------------------------------------
+
+    def batch(self, r: int) -> None:
+        batches.measure(self, r)
 
     # -- latency ----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ def _bench_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @click.command()
 @_bench_option("--rounds", type=click.IntRange(min=1), default=3, help="Rounds (medians).")
 @_bench_option("--scenarios", default="enqueue_single,enqueue_bulk,drain,latency",
-               help="Comma-separated: enqueue_single, enqueue_bulk, drain, latency.")
+               help="Comma-separated: enqueue_single, enqueue_bulk, drain, latency, batch.")
 @_bench_option("--single", type=click.IntRange(min=1), default=2000,
                help="Jobs per single-enqueue measurement.")
 @_bench_option("--enqueuers", type=click.IntRange(min=1), default=1,
@@ -48,6 +48,11 @@ def _bench_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
                help="Jobs per second in the latency scenario.")
 @_bench_option("--latency-seconds", type=click.FloatRange(min=0.1), default=5.0,
                help="Seconds of enqueueing in the latency scenario.")
+@_bench_option("--batch-jobs", type=click.IntRange(min=1), default=4_000,
+               help="Jobs per measurement of the batch scenario.")
+@_bench_option("--batch-concurrency", type=click.IntRange(min=1), default=16,
+               help="Worker concurrency (and raw-SQL threads per process) in the batch "
+                    "scenario.")
 @_bench_option("--json", "json_path", metavar="PATH",
                help="Also write the results as JSON to PATH ('-': JSON on stdout, no table).")
 @_bench_option("--embedded", is_flag=True,
@@ -55,8 +60,8 @@ def _bench_option(name: str, *decls: str, **kwargs: Any) -> Callable[[FC], FC]:
 @click.pass_obj
 def bench(obj: Target, rounds: int, scenarios: str, single: int, enqueuers: int, bulk: int,
           bulk_batch: int, drain: int, processes: int, concurrency: int, drain_kinds: str,
-          latency_rate: float, latency_seconds: float, json_path: str | None,
-          embedded: bool) -> None:
+          latency_rate: float, latency_seconds: float, batch_jobs: int,
+          batch_concurrency: int, json_path: str | None, embedded: bool) -> None:
     """Measure enqueue, drain and latency against minimal hand-written SQL, side by side.
 
     Creates a scratch schema (its own tables and NOTIFY channel: your queues and workers
@@ -69,7 +74,8 @@ def bench(obj: Target, rounds: int, scenarios: str, single: int, enqueuers: int,
         drain_kinds=_choices(drain_kinds, _bench.DRAIN_KINDS, "--drain-kinds"),
         rounds=rounds, single=single, enqueuers=enqueuers, bulk=bulk, bulk_batch=bulk_batch,
         drain=drain, processes=processes, concurrency=concurrency,
-        latency_rate=latency_rate, latency_seconds=latency_seconds)
+        latency_rate=latency_rate, latency_seconds=latency_seconds, batch_jobs=batch_jobs,
+        batch_concurrency=batch_concurrency)
     server = None
     if embedded:
         server = LocalServer(Path(tempfile.mkdtemp(prefix="pgjobs-bench-")) / "data")

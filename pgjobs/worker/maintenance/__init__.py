@@ -4,6 +4,7 @@ Each step is safe to run concurrently with itself on other workers (SKIP LOCKED,
 compare-and-set, or an advisory lock), so there is no leader to lose. One file per step;
 ``base.Step`` owns the schedule, ``maintainer.Maintenance`` runs the due ones.
 
+    fold         batch counters' deltas folded into their rows, and batch events fired
     reclaim      jobs whose worker was lost come back (a recovery), or die past the budget
     expire       jobs not started before expires_at end ``expired``
     unique_keys  unique holds whose time ran out are released

@@ -6,6 +6,7 @@ is quiet: lost jobs come back even when the whole fleet is saturated."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from ..config import WorkerConfig
 from ..host import Host
 from .base import Step
 from .expire import Expirer
+from .fold import BatchFolder
 from .limit_keys import LimitKeyPruner
 from .periodic import PeriodicEnqueuer
 from .prune import Pruner
@@ -37,6 +39,8 @@ def steps(host: Host, config: WorkerConfig) -> list[Step]:
         ReceiptPruner(queries),
         LimitKeyPruner(queries),
         Pruner(queries, config.retention),
+        # last: a pass folds the deltas of the reclaims and expiries it made
+        BatchFolder(queries),
     ]
     if not config.burst:
         found.append(PeriodicEnqueuer(host))
@@ -49,6 +53,14 @@ class Maintenance:
     def __init__(self, connector: Connector, steps: Sequence[Step]) -> None:
         self.connector = connector
         self.steps = list(steps)
+        self.wake = asyncio.Event()
+        for step in self.steps:
+            if isinstance(step, BatchFolder):
+                step.poke = self.wake.set
+
+    @property
+    def folder(self) -> BatchFolder:
+        return next(s for s in self.steps if isinstance(s, BatchFolder))
 
     async def run_due(self) -> None:
         """One pass: run every step that is due."""
@@ -71,6 +83,10 @@ class Maintenance:
         if not self.steps:
             return
         while True:
-            wake = min(step.next_run for step in self.steps)
-            await asyncio.sleep(max(0.01, wake - time.monotonic()))
+            due = min(step.next_run for step in self.steps)
+            self.wake.clear()
+            if due > time.monotonic():
+                # until the next step is due, or a step asks to run now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), due - time.monotonic())
             await self.run_due()
