@@ -13,6 +13,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 import pgjobs
+from pgjobs.core import outcomes
+from pgjobs.db import leases
 from pgjobs.testing import drain
 from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, unique_start, unique_success
@@ -103,22 +105,25 @@ CLAIM_ALL = {"queues": ["default"], "limit": 50, "lease": timedelta(seconds=30),
 
 
 @pytest.mark.parametrize("statement", ["job_claim", "job_claim_limited"])
-def test_a_caller_holding_a_duplicate_open_delays_that_job_not_the_claim(
-    dsn: str, statement: str
-) -> None:
-    """A duplicate enqueue locks the start hold until the caller's transaction ends. The
-    claim does not wait for it: it starts every other job at once and leaves that one,
-    which the next claim after the caller's commit starts."""
+def test_a_caller_holding_a_duplicate_open_locks_nothing(dsn: str, statement: str) -> None:
+    """A duplicate enqueue reads the holder without locking its hold: while the caller's
+    transaction stays open, a claim starts the holder at once (releasing its start hold)
+    and the holder's completion (which deletes a success hold) does not wait either."""
     held = unique_start.enqueue(None, key="busy")
+    done = unique_success.enqueue(None, key="done")
     free = [member.enqueue(None, n=n).id for n in range(3)]
     with psycopg.connect(dsn) as caller, \
             psycopg.connect(dsn, autocommit=True, options="-c lock_timeout=5s") as worker:
-        assert unique_start.enqueue(caller, key="busy").duplicate  # open, holding the lock
+        assert unique_start.enqueue(caller, key="busy").duplicate  # open
+        assert unique_success.enqueue(caller, key="done").duplicate  # open
         claimed = worker.execute(getattr(app.queries, statement), CLAIM_ALL).fetchall()
-        assert sorted(row[0] for row in claimed) == free
+        assert sorted(row[0] for row in claimed) == sorted([*free, held.id, done.id])
+        token = next(row[6] for row in claimed if row[0] == done.id)
+        written = worker.execute(app.queries.job_complete_many, leases.outcomes_param(
+            [(done.id, token, leases.outcome_row(outcomes.Outcome(outcomes.SUCCEEDED)))])
+        ).fetchall()
+        assert written == [(done.id,)]  # no lock_timeout: nothing waited for the caller
         caller.commit()
-        claimed = worker.execute(getattr(app.queries, statement), CLAIM_ALL).fetchall()
-        assert [row[0] for row in claimed] == [held.id]
     assert holders(dsn) == {}
 
 
@@ -247,3 +252,58 @@ def test_duplicate_job_names_the_key_of_the_duplicate_row(dsn: str) -> None:
     with psycopg.connect(dsn) as conn, pytest.raises(pgjobs.DuplicateJob) as raised:
         raising.enqueue_many(conn, [{"key": "x"}, {"key": "x"}, {"key": "y"}])
     assert raised.value.key == f"unique_success:default:{key_digest('x')}"
+
+
+def test_a_holder_committed_after_the_snapshot_is_read_again(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The duplicate's statement waits for the holder's uncommitted hold, then cannot see
+    it in its snapshot: it reads the holder in a new one. If that holder has ended by
+    then, the key is free and the duplicate is enqueued as a new job instead."""
+    from pgjobs.db import enqueue
+
+    def race(ended: bool) -> tuple[int, pgjobs.Enqueued]:
+        key = f"race-{ended}"
+        holder = psycopg.connect(dsn)
+        first = unique_success.enqueue(holder, key=key)  # its hold, uncommitted
+        if ended:
+            real = enqueue.Statement._holders
+
+            def the_holder_ends_first(self: Any, missing: list[int]) -> Any:
+                query(dsn, "DELETE FROM pgjobs.unique_keys WHERE key = %s", full_key(key))
+                return real(self, missing)
+
+            monkeypatch.setattr(enqueue.Statement, "_holders", the_holder_ends_first)
+        result: list[pgjobs.Enqueued] = []
+        thread = threading.Thread(target=lambda: result.append(
+            unique_success.enqueue(None, key=key)))
+        thread.start()
+        wait_for_lock(dsn)
+        holder.commit()
+        holder.close()
+        thread.join(30)
+        monkeypatch.undo()
+        return first.id, result[0]
+
+    holder_id, duplicate = race(ended=False)
+    assert duplicate == pgjobs.Enqueued(holder_id, duplicate=True)
+    holder_id, again = race(ended=True)
+    assert not again.duplicate and again.id != holder_id
+    assert holders(dsn)[full_key("race-True")] == again.id
+
+
+def wait_for_lock(dsn: str) -> None:
+    """Until another backend waits on a lock (the duplicate's insert, on the hold)."""
+    from tests.helpers import wait_until
+
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE wait_event_type = 'Lock'") == 1, 30, "a lock wait")
+
+
+def full_key(key: str) -> str:
+    """The unique key of a unique_success job with this argument."""
+    from pgjobs.core.options import unique_key
+
+    full = unique_key(unique_success.name, unique_success.opts, {"key": key})
+    assert full is not None
+    return full

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from itertools import repeat
 from typing import Any
@@ -42,6 +42,10 @@ at 500 rows, about 1.2x faster at 10,000."""
 COPY_TYPES = ("int8", "text", "text", "bytea", "int2", "int4", "timestamptz", "timestamptz",
               "int8", "text", "int4", "int4", "interval")
 JSONB_VERSION = b"\x01"
+
+RESOLVE_TRIES = 5
+"""Rounds of looking up unique-key holders committed after an enqueue's snapshot (one is
+almost always enough; each later round means a holder ended meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ def statement(q: Queries, jobs: NewJobs, copy: bool = True) -> AnyStatement:
             special.add(jobs.task, opts, args, key, jobs.limits(index))
         params = special.params(jobs.channel, q.sequence, opts.batch_id)
         return Statement(q, jobs, q.job_insert_special, params, special.results,
-                         special.input_keys)
+                         special.input_keys, special)
     if len(jobs) == 1:
         params = job_params(jobs.task, opts, jobs.args[0], jobs.channel, jobs.limits(0))
         return Statement(q, jobs, q.job_insert, params, without_results)
@@ -191,6 +195,16 @@ class SpecialRows:
         self.unique_until.append(opts.unique_until)
         self.slots.append((index, False))
 
+    def only(self, indices: list[int]) -> SpecialRows:
+        """The sent rows at ``indices`` (each with its unique key), as rows to send."""
+        subset = SpecialRows()
+        for name in ROW_COLUMNS:
+            getattr(subset.rows, name).extend(getattr(self.rows, name)[i] for i in indices)
+        for name in ("unique_key", "unique_for", "unique_until"):
+            getattr(subset, name).extend(getattr(self, name)[i] for i in indices)
+        subset.slots.extend((n, False) for n in range(len(indices)))
+        return subset
+
     def params(self, channel: str | None, sequence: str, batch_id: int | None) -> dict[str, Any]:
         params = self.rows.params(channel)
         params.update(
@@ -223,6 +237,9 @@ class Statement:
     decode: Callable[[list[tuple[Any, ...]]], list[Enqueued]]
     keys: list[str | None] = field(default_factory=list)
     """Each input row's unique key (unique enqueues only)."""
+    special: SpecialRows | None = None
+    """The rows sent, for unique enqueues: a holder committed after the statement's
+    snapshot is looked up again (see job_insert_special)."""
 
     @property
     def size(self) -> int:
@@ -232,13 +249,66 @@ class Statement:
         with translated_errors(self.q.schema):
             cursor = conn.cursor(row_factory=tuple_row)
             rows = cursor.execute(self.query, self.params).fetchall()
+            for _ in range(RESOLVE_TRIES):
+                if not (missing := self._missing(rows)):
+                    break
+                found = cursor.execute(*self._holders(missing)).fetchall()
+                if not (missing := self._missing(rows := self._with_holders(rows, found))):
+                    break
+                again = self._again(missing)
+                rows = self._merge(rows, missing, cursor.execute(again.query, again.params)
+                                   .fetchall())
         return self.check(self.decode(rows))
 
     async def arun(self, aconn: AnyAsyncConnection) -> list[Enqueued]:
         with translated_errors(self.q.schema):
-            cursor = await aconn.cursor(row_factory=tuple_row).execute(self.query, self.params)
-            rows = await cursor.fetchall()
+            cursor = aconn.cursor(row_factory=tuple_row)
+            rows = await (await cursor.execute(self.query, self.params)).fetchall()
+            for _ in range(RESOLVE_TRIES):
+                if not (missing := self._missing(rows)):
+                    break
+                found = await (await cursor.execute(*self._holders(missing))).fetchall()
+                if not (missing := self._missing(rows := self._with_holders(rows, found))):
+                    break
+                again = self._again(missing)
+                rows = self._merge(rows, missing, await (
+                    await cursor.execute(again.query, again.params)).fetchall())
         return self.check(self.decode(rows))
+
+    # A unique enqueue's row whose holder this statement's snapshot could not see (it
+    # committed meanwhile) comes back with a NULL id: the holder is read in a new
+    # snapshot; if it has ended by then, the key is free and the row is enqueued again.
+
+    @staticmethod
+    def _missing(rows: list[tuple[Any, ...]]) -> list[int]:
+        return [i for i, row in enumerate(rows) if row[0] is None]
+
+    def _holders(self, missing: list[int]) -> tuple[sql.SQL | sql.Composed, dict[str, Any]]:
+        assert self.special is not None
+        return self.q.unique_key_holders, {
+            "keys": [self.special.unique_key[i] for i in missing]}
+
+    def _with_holders(self, rows: list[tuple[Any, ...]], found: list[tuple[Any, ...]]
+                      ) -> list[tuple[Any, ...]]:
+        assert self.special is not None
+        holders, keys = dict(found), self.special.unique_key
+        return [(holders[keys[i]], True) if row[0] is None and keys[i] in holders else row
+                for i, row in enumerate(rows)]
+
+    def _again(self, missing: list[int]) -> Statement:
+        """The statement that enqueues the sent rows ``missing`` again."""
+        assert self.special is not None
+        subset = self.special.only(missing)
+        params = subset.params(self.params["channel"], self.q.sequence, self.jobs.opts.batch_id)
+        return replace(self, params=params, special=subset)
+
+    @staticmethod
+    def _merge(rows: list[tuple[Any, ...]], missing: list[int],
+               again: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        merged = list(rows)
+        for index, row in zip(missing, again, strict=True):
+            merged[index] = row
+        return merged
 
     def check(self, results: list[Enqueued]) -> list[Enqueued]:
         if self.jobs.opts.on_duplicate == "raise":

@@ -86,11 +86,17 @@ FROM STDIN (FORMAT BINARY)
 # job needs it, so the plain statements above stay minimal.
 # - Job ids are drawn first (nextval), so a unique hold can name its job before the job
 #   row exists, and the row is inserted only if the hold was won.
-# - ON CONFLICT DO UPDATE (not DO NOTHING) so RETURNING always yields the holder's id,
-#   even when the holder committed after this statement's snapshot was taken. The update
-#   takes the hold over only when it has expired (unique_for elapsed).
+# - A live hold of another job is never locked: ON CONFLICT DO NOTHING, and the holder's
+#   id is read from this statement's snapshot (`existing`). A duplicate enqueue held open
+#   by its caller therefore never makes the holder's completion (which deletes the hold)
+#   wait for that caller. A holder committed after the snapshot is not seen: its row
+#   comes back with a NULL id, and the caller reads it with unique_key_holders, a new
+#   statement with a new snapshot. (Under REPEATABLE READ and SERIALIZABLE, PostgreSQL
+#   raises a serialization failure there instead: retry the transaction.)
+# - An expired hold (unique_for elapsed) is taken over: locked in key order, the expiry
+#   re-checked on its latest version, then given to the new job.
 # - A rolled-back holder's key row vanishes with it; a concurrent enqueuer waiting on that
-#   key then wins it.
+#   key (DO NOTHING waits for an uncommitted insert of the same key) then wins it.
 # - Holds are taken in key order, whatever the order of the rows: two statements that
 #   want the same keys then wait for each other instead of deadlocking.
 # - batch_add_jobs counts the jobs into their batch once per statement (and refuses a
@@ -111,19 +117,36 @@ WITH rows AS (
                            rate_limit, rate_period, unique_key, unique_for, unique_until,
                            ord)
 ),
-held AS (
+expired AS (
+    SELECT u.key FROM {schema}.unique_keys AS u
+    WHERE u.key IN (SELECT unique_key FROM rows) AND u.expires_at <= now()
+    ORDER BY u.key
+    FOR UPDATE
+),
+taken AS (
+    UPDATE {schema}.unique_keys AS u
+    SET job_id = r.new_id, release_on = r.unique_until, created_at = now(),
+        expires_at = r.due + r.unique_for
+    FROM rows AS r
+    WHERE u.key = r.unique_key AND u.key IN (SELECT key FROM expired)
+    RETURNING u.key, u.job_id
+),
+inserted_holds AS (
     INSERT INTO {schema}.unique_keys AS u (key, job_id, expires_at, release_on)
     SELECT unique_key, new_id, due + unique_for, unique_until
-    FROM rows WHERE unique_key IS NOT NULL
+    FROM rows
+    WHERE unique_key IS NOT NULL AND unique_key NOT IN (SELECT key FROM taken)
     ORDER BY unique_key
-    ON CONFLICT (key) DO UPDATE SET
-        job_id = CASE WHEN u.expires_at <= now() THEN EXCLUDED.job_id ELSE u.job_id END,
-        release_on = CASE WHEN u.expires_at <= now() THEN EXCLUDED.release_on
-                          ELSE u.release_on END,
-        created_at = CASE WHEN u.expires_at <= now() THEN now() ELSE u.created_at END,
-        expires_at = CASE WHEN u.expires_at <= now() THEN EXCLUDED.expires_at
-                          ELSE u.expires_at END
+    ON CONFLICT (key) DO NOTHING
     RETURNING key, job_id
+),
+held AS (
+    SELECT key, job_id FROM taken UNION ALL SELECT key, job_id FROM inserted_holds
+),
+existing AS (
+    SELECT u.key, u.job_id FROM {schema}.unique_keys AS u
+    WHERE u.key IN (SELECT unique_key FROM rows) AND u.key NOT IN (SELECT key FROM held)
+      AND (u.expires_at IS NULL OR u.expires_at > now())
 ),
 winners AS (
     SELECT rows.* FROM rows LEFT JOIN held ON held.key = rows.unique_key
@@ -149,11 +172,22 @@ notified AS (
     FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) q
     WHERE %(channel)s::text IS NOT NULL
 )
-SELECT coalesce(held.job_id, rows.new_id) AS id,
-       coalesce(held.job_id <> rows.new_id, false) AS duplicate
-FROM rows LEFT JOIN held ON held.key = rows.unique_key,
+-- id: the new job, or the holder's (NULL: a holder this snapshot cannot see)
+SELECT coalesce(held.job_id, existing.job_id,
+                CASE WHEN rows.unique_key IS NULL THEN rows.new_id END) AS id,
+       rows.unique_key IS NOT NULL AND held.job_id IS NULL AS duplicate
+FROM rows
+LEFT JOIN held ON held.key = rows.unique_key
+LEFT JOIN existing ON existing.key = rows.unique_key,
      (SELECT count(*) FROM notified) n, (SELECT count(*) FROM counted) c
 ORDER BY rows.ord
+"""
+
+# The live holders of unique keys, in a new snapshot: for the rows of job_insert_special
+# whose holder committed after that statement's snapshot.
+unique_key_holders = """
+SELECT key, job_id FROM {schema}.unique_keys
+WHERE key = ANY(%(keys)s::text[]) AND (expires_at IS NULL OR expires_at > now())
 """
 
 enqueue_receipt_put = """
