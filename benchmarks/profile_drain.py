@@ -14,8 +14,11 @@ import os
 import time
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
 from pgjobs import Worker, WorkerConfig
-from pgjobs.ops.bench import Bench, BenchConfig, _open_pools, _task_name, bench_app
+from pgjobs.ops.bench import Bench, BenchConfig, _open_pools, _task_name, batches, bench_app
 
 TRACE: dict[str, list[tuple[int, float]]] = {"claim": [], "flush": []}
 
@@ -55,7 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--kind", default="async", choices=["sync", "async", "sync_tx",
-                                                            "async_tx"])
+                                                            "async_tx", "tx_effect",
+                                                            "tx_effect_own"])
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--trace", action="store_true",
                         help="Count claims and outcome flushes, with their sizes and times.")
@@ -64,9 +68,11 @@ def main() -> None:
         trace_round_trips()
     bench = Bench(os.environ["PGJOBS_DATABASE_URL"], BenchConfig(), progress=None)
     with bench.scratch_schema():
+        with psycopg.connect(bench.dsn, autocommit=True) as conn:  # tx_effect's table
+            conn.execute(sql.SQL(batches.TABLES).format(**batches.tables(bench.schema)))
         bench.fill(args.jobs, _task_name(args.kind))
         app = bench_app(bench.dsn, bench.schema)
-        if args.kind.endswith("_tx"):
+        if args.kind.endswith("_tx") or args.kind == "tx_effect_own":
             _open_pools(bench.dsn, args.concurrency)
 
         async def drain() -> dict[str, int]:

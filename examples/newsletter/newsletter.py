@@ -111,18 +111,14 @@ def deliver(newsletter_id: int, subscriber_id: int) -> None:
     job = pgjobs.current_job()
     with db().connection() as conn:
         email, subject, body = conn.execute(MESSAGE, (subscriber_id, newsletter_id)).fetchone()
-        # The job id is the same on every attempt of this job, so a re-run (after a
-        # crash between this send and the commit below) sends with the same key.
-        sender().send(Message(idempotency_key=f"newsletter-job-{job.id}", to=email,
-                              subject=subject, body=body, tag=str(newsletter_id)))
-        with conn.transaction():  # the delivery row and the job's success, together
-            # Every delivery of a newsletter updates its batch's counters, so these
-            # transactions take turns; not waiting for the disk at commit makes each turn
-            # short. A commit lost in a database crash loses the delivery row *and* the
-            # job's success: the job runs again and the sink's key keeps the mail single.
-            conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute(RECORD_DELIVERY, (newsletter_id, subscriber_id, job.id))
-            job.complete(conn)
+    # The job id is the same on every attempt of this job, so a re-run (after a crash
+    # between this send and the commit below) sends with the same key.
+    sender().send(Message(idempotency_key=f"newsletter-job-{job.id}", to=email,
+                          subject=subject, body=body, tag=str(newsletter_id)))
+    # The delivery row and the job's success commit together, on a connection the worker
+    # lends: if this attempt lost its lease meanwhile, both roll back (LeaseLost).
+    with job.transaction() as conn:
+        conn.execute(RECORD_DELIVERY, (newsletter_id, subscriber_id, job.id))
 
 
 @app.job(name="newsletter.mark_sent", queue="newsletter", priority=-10)

@@ -1,4 +1,4 @@
-"""Batch accounting without a hot row: counters change by appending deltas, folded later.
+"""Batch accounting without a hot row; a completion that can share a round trip with COMMIT.
 
 Until now every state change of a batch's job updated the batch's row inside the
 transaction that made it (the jobs trigger), so the jobs of one batch took turns on one
@@ -23,6 +23,12 @@ without a batch. Now:
 
 ``batch_deltas`` has no foreign key: its check would share-lock the batch row for every
 completion. A delta of a batch that no longer exists is deleted by the next fold.
+
+``job_complete(id, token, result)`` marks a running job succeeded if this attempt still
+holds its lease, and raises SQLSTATE PJ002 otherwise. Because it fails instead of
+matching no row, it can be sent in one round trip with the COMMIT that follows it
+(pipeline mode): a lost lease aborts the transaction, so the COMMIT rolls the handler's
+effects back (``current_job().transaction()``). Any client can call it from SQL.
 
 Locks: creates a table and an index, and replaces functions and a view; nothing is
 rewritten. Downgrade folds every remaining delta into its batch first.
@@ -55,6 +61,24 @@ CREATE TABLE batch_deltas (
     autovacuum_vacuum_cost_delay = 0
 );
 CREATE INDEX batch_deltas_batch_idx ON batch_deltas (batch_id);
+
+-- Success for a running job, fenced by its lease token, failing when the lease is lost
+-- (another attempt owns the job, or it was reclaimed or cancelled): the caller's
+-- transaction is then aborted, and a COMMIT sent with it rolls back.
+CREATE FUNCTION job_complete(job_id bigint, token uuid, result jsonb DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    UPDATE jobs
+    SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
+        finished_at = clock_timestamp(), result = job_complete.result
+    WHERE id = job_id AND lease_token = token;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not hold lease %: it was reclaimed, cancelled or '
+                        'completed by another attempt', job_id, token
+            USING ERRCODE = 'PJ002',
+                  HINT = 'roll back: this attempt''s effects must not commit';
+    END IF;
+END $$;
 
 -- Adds n jobs to a batch (called once per enqueue statement). A batch that already
 -- succeeded cannot take more jobs: its callbacks have fired. FOR SHARE keeps a fold from
@@ -373,6 +397,7 @@ BEGIN
 END $$;
 
 DROP TABLE batch_deltas;
+DROP FUNCTION job_complete(bigint, uuid, jsonb);
 """
 
 

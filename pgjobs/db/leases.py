@@ -74,6 +74,13 @@ def complete_fenced(q: Queries, job_id: int, token: Any, result: str | None) -> 
     return Query(q.job_complete_fenced, params, _found, schema=q.schema)
 
 
+def complete_commit(q: Queries, job_id: int, token: Any, result: str | None) -> Query[None]:
+    """Success inside the caller's transaction, raising :class:`pgjobs.LeaseLost` (PJ002)
+    when this attempt no longer holds the lease: safe to pipeline with a COMMIT."""
+    params = {"id": job_id, "token": token, "result": result}
+    return Query(q.job_complete_commit, params, _nothing, schema=q.schema)
+
+
 def heartbeat(q: Queries, ids: Sequence[int], tokens: Sequence[Any], lease: timedelta,
               worker_id: int | None) -> Query[set[Any]]:
     """Renew the leases of (id, token) pairs and the worker's heartbeat; returns the tokens
@@ -92,6 +99,10 @@ def reclaim(q: Queries, budget: int, channel: str, limit: int = 1000
 def expire(q: Queries, limit: int = 1000) -> Query[list[int]]:
     """Mark available jobs past their ``expires_at`` expired; their ids."""
     return Query(q.job_expire, {"limit": limit}, column, schema=q.schema)
+
+
+def _nothing(rows: Rows, count: int) -> None:
+    return None
 
 
 def _ids(rows: Rows, count: int) -> set[int]:

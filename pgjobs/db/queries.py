@@ -31,6 +31,7 @@ class Queries:
     job_reserve_many: sql.SQL
     job_copy: sql.SQL
     job_insert_special: sql.SQL
+    unique_key_holders: sql.SQL
     enqueue_receipt_put: sql.SQL
     enqueue_receipt_get: sql.SQL
     batch_insert: sql.SQL
@@ -44,6 +45,7 @@ class Queries:
     job_heartbeat: sql.SQL
     job_complete_many: sql.SQL
     job_complete_fenced: sql.SQL
+    job_complete_commit: sql.SQL
     job_reclaim: sql.SQL
     job_expire: sql.SQL
     unique_key_prune: sql.SQL

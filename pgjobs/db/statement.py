@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import BaseRowFactory, tuple_row
 
-from ..core.errors import BatchFinished, SchemaNotReady
+from ..core.errors import BatchFinished, LeaseLost, SchemaNotReady
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,6 +39,8 @@ def translated_errors(schema: str) -> Iterator[None]:
         if exc.sqlstate == "PJ001":
             diag = exc.diag
             raise BatchFinished(f"{diag.message_primary} ({diag.message_hint})") from exc
+        if exc.sqlstate == "PJ002":
+            raise LeaseLost(f"{exc.diag.message_primary}; {exc.diag.message_hint}") from exc
         raise
 
 

@@ -65,6 +65,9 @@ GRANTS: tuple[tuple[str, str, str, str], ...] = (
     ("FUNCTION", "batch_add_jobs(bigint, bigint)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "batch_evaluate(bigint)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "batch_fold(bigint[])", "EXECUTE", "EXECUTE"),
+    # current_job().transaction()'s completion (it needs UPDATE on jobs, which the app
+    # role lacks: granting EXECUTE alone gives it nothing).
+    ("FUNCTION", "job_complete(bigint, uuid, jsonb)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "batch_fire(batches, text)", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "jobs_unique_release()", "EXECUTE", "EXECUTE"),
     ("FUNCTION", "jobs_batch_progress()", "EXECUTE", "EXECUTE"),

@@ -63,7 +63,10 @@ class Completer:
 
     async def flush(self) -> None:
         batch, self.buffer = self.buffer[: self.max_batch], self.buffer[self.max_batch :]
-        writes = [(p, row) for p in batch if (row := outcome_row(p.outcome)) is not None]
+        # A job whose success committed with its effects (current_job().transaction()) is
+        # finished: nothing is left to write, whatever the handler did afterwards.
+        writes = [(p, row) for p in batch
+                  if not p.ctx.committed and (row := outcome_row(p.outcome)) is not None]
         written, retried = await self._write(writes) if writes else (set(), False)
         for p, _row in writes:
             if p.ctx.id not in written and not p.ctx.completed:

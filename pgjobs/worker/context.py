@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +17,8 @@ from ..core.errors import LeaseLost, PgJobsError
 from ..core.types import ClaimedJob
 from ..db import leases
 from ..db.queries import Queries
-from ..db.statement import Query
+from ..db.statement import Query, translated_errors
+from .txpool import TransactionPools
 
 
 class Flag:
@@ -44,8 +48,12 @@ class JobContext:
     queries: Queries = field(repr=False)
     lease_lost_event: Flag = field(default_factory=Flag, repr=False)
     stop_event: Flag = field(default_factory=Flag, repr=False)
+    pools: TransactionPools | None = field(default=None, repr=False)
+    """Where :meth:`transaction` borrows its connection (None: outside a worker)."""
     completed: bool = False
     """True once ``complete(conn)`` succeeded (it commits with the caller's transaction)."""
+    committed: bool = False
+    """True once :meth:`transaction` committed the job's success with its effects."""
     shutting_down: bool = False
     """True once the worker received SIGTERM: the job still has ``--shutdown-timeout`` to
     finish. A long handler may checkpoint and ``raise pgjobs.Snooze(0)`` to be released
@@ -120,6 +128,78 @@ class JobContext:
         """:meth:`complete` on an ``AsyncConnection``."""
         failpoints.hit("mid_handler")
         self._check(await self._completion(result).arun(aconn))
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a transaction that commits with the job's success: exactly-once
+        effects in two round trips (your statements, then the completion pipelined with
+        the COMMIT)::
+
+            with pgjobs.current_job().transaction() as conn:
+                conn.execute("INSERT INTO deliveries ...", (...))
+            # committed: the delivery and the job's success, together
+
+        The connection is the worker's own (one per handler thread; a pool of
+        ``--concurrency`` for async handlers), so the handler needs no pool of its own.
+        If this attempt has lost its lease (reclaimed, or cancelled), the block's effects
+        roll back and :class:`pgjobs.LeaseLost` is raised; an exception in the block
+        rolls back too and fails the attempt as usual. The job's result is None (use
+        :meth:`complete` in your own transaction to store one)."""
+        conn = self._pools().connection()
+        try:
+            yield conn
+            failpoints.hit("mid_handler")
+            query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
+            with translated_errors(self.queries.schema), conn.pipeline():
+                conn.execute(query.text, query.params)  # no result to wait for
+                conn.commit()
+            self._committed()
+        except BaseException as exc:
+            self._rolled_back(conn, exc)
+            raise
+
+    @asynccontextmanager
+    async def transaction_async(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """:meth:`transaction` for async handlers: an ``AsyncConnection``."""
+        pool = await self._pools().asynchronous()
+        conn = await pool.getconn()
+        try:
+            yield conn
+            failpoints.hit("mid_handler")
+            query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
+            with translated_errors(self.queries.schema):
+                async with conn.pipeline():
+                    await conn.execute(query.text, query.params)
+                    await conn.commit()
+            self._committed()
+        except BaseException as exc:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
+            self._lost(exc)
+            raise
+        finally:
+            await pool.putconn(conn)
+
+    def _pools(self) -> TransactionPools:
+        if self.pools is None:
+            raise PgJobsError("current_job().transaction() needs a running worker's "
+                              "connections; use complete(conn) on a connection of yours")
+        return self.pools
+
+    def _committed(self) -> None:
+        self.completed = self.committed = True
+
+    def _rolled_back(self, conn: psycopg.Connection[Any], exc: BaseException) -> None:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+        self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        if isinstance(exc, LeaseLost):
+            self.lease_lost_event.set()
+            self.stop_event.set()
 
     def _completion(self, result: Any) -> Query[bool]:
         job = self.job

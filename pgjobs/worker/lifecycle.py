@@ -42,6 +42,7 @@ from .maintenance.maintainer import Maintenance, steps
 from .routing import ClaimRouter
 from .slots import Slots
 from .summary import Summary
+from .txpool import TransactionPools
 
 log = logging.getLogger("pgjobs.worker")
 T = TypeVar("T")
@@ -70,8 +71,9 @@ class Worker:
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
         self.executor = Executor(app.tasks, threads=config.concurrency)
         self.completer = Completer(self.dbs["complete"], queries, self._written)
+        self.pools = TransactionPools(dsn, config.concurrency, app.config.prepare_threshold)
         self.slots = Slots(config.concurrency, self.executor, self.completer, queries,
-                           app.tasks, self.summary, self._poke, self.ahead.ran)
+                           app.tasks, self.summary, self._poke, self.ahead.ran, self.pools)
         keyed = any(t.limit is not None and t.opts.queue in self.queues
                     for t in app.tasks.values())
         router = ClaimRouter(queries, self.queues, keyed=keyed)
@@ -225,6 +227,7 @@ class Worker:
         for db in self.dbs.values():
             await db.close()
         self.executor.shutdown()
+        await self.pools.close()
 
     async def _set_state(self, state: str) -> None:
         try:

@@ -22,6 +22,7 @@ from .context import JobContext
 from .executor import Executor
 from .host import Handler
 from .summary import OUTCOME_LEVEL, Summary, job_line
+from .txpool import TransactionPools
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -31,7 +32,8 @@ class Slots:
 
     def __init__(self, concurrency: int, executor: Executor, completer: Completer,
                  queries: Queries, tasks: Mapping[str, Handler], summary: Summary,
-                 on_finished: Callable[[], None], on_ran: Callable[[float], None]) -> None:
+                 on_finished: Callable[[], None], on_ran: Callable[[float], None],
+                 pools: TransactionPools | None = None) -> None:
         self.concurrency = concurrency
         self.executor = executor
         self.completer = completer
@@ -40,6 +42,7 @@ class Slots:
         self.summary = summary
         self.on_finished = on_finished
         self.on_ran = on_ran
+        self.pools = pools
         self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
         self.ready: deque[JobContext] = deque()
         self.leases: dict[Any, JobContext] = {}
@@ -61,7 +64,7 @@ class Slots:
             if stale.id in claimed:
                 self.lease_lost(stale)
         for job in jobs:
-            ctx = JobContext(job, self.queries)
+            ctx = JobContext(job, self.queries, pools=self.pools)
             if self.stopping:
                 ctx.shutting_down = True
             self.leases[job.lease_token] = ctx

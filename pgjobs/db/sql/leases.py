@@ -93,6 +93,14 @@ WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
 """
 
+# current_job().transaction(): the same success, through job_complete() (revision 0006),
+# which raises PJ002 when the lease is lost instead of matching no row, so that it can be
+# pipelined with the COMMIT that follows: a lost lease aborts the transaction and the
+# COMMIT rolls the handler's effects back.
+job_complete_commit = """
+SELECT {schema}.job_complete(%(id)s::bigint, %(token)s::uuid, %(result)s::jsonb)
+"""
+
 # Returns running jobs whose lease expired (their worker died, hung or lost the network).
 # The lost attempt is refunded and counted as a recovery instead; past the recovery budget
 # the job is dead, so a job that kills its worker cannot crash-loop the fleet. SKIP LOCKED

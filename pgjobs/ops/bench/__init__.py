@@ -19,14 +19,27 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from . import batches
 from .app import _POOLS, _open_pools, _task_name, bench_app, serve_until_stopped
 from .config import DRAIN_KINDS, SCENARIOS, BenchConfig
 from .report import dumps, format_table, percentile
 from .runner import Bench
 
 __all__ = [
-    "DRAIN_KINDS", "SCENARIOS", "_POOLS", "Bench", "BenchConfig", "_open_pools", "_task_name",
-    "bench_app", "dumps", "format_table", "percentile", "run_bench", "serve_until_stopped",
+    "DRAIN_KINDS",
+    "SCENARIOS",
+    "_POOLS",
+    "Bench",
+    "BenchConfig",
+    "_open_pools",
+    "_task_name",
+    "batches",
+    "bench_app",
+    "dumps",
+    "format_table",
+    "percentile",
+    "run_bench",
+    "serve_until_stopped",
 ]
 
 

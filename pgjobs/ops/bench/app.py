@@ -45,7 +45,14 @@ def bench_app(dsn: str, schema: str) -> App:
 
     @app.job(name="tx_effect")
     def tx_effect() -> None:
-        """One effect row and the job's success, in one transaction."""
+        """One effect row and the job's success, in one transaction of the worker's."""
+        job = current_job()
+        with job.transaction() as conn:
+            conn.execute(effect, (job.id,))
+
+    @app.job(name="tx_effect_own")
+    def tx_effect_own() -> None:
+        """The same with a pool of the handler's own and complete(conn)."""
         job = current_job()
         with _POOLS["sync"].connection() as conn:
             conn.execute(effect, (job.id,))
@@ -75,7 +82,7 @@ def _drain_child(dsn: str, schema: str, kind: str, concurrency: int, ready: Any,
     from ...worker.lifecycle import Worker
 
     app = bench_app(dsn, schema)
-    if kind.endswith("_tx") or kind == "tx_effect":
+    if kind.endswith("_tx") or kind == "tx_effect_own":
         _open_pools(dsn, concurrency)
 
     async def main() -> dict[str, int]:
@@ -89,7 +96,7 @@ def _drain_child(dsn: str, schema: str, kind: str, concurrency: int, ready: Any,
         return dict(stats)
 
     stats = asyncio.run(main())
-    if kind in ("sync_tx", "tx_effect"):
+    if kind in ("sync_tx", "tx_effect_own"):
         _POOLS["sync"].close()
     results.put(stats)
 

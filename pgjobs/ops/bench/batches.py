@@ -2,9 +2,11 @@
 transactional, and the transactional jobs against raw SQL of the same shape.
 
     no-op          an async handler that does nothing
-    transactional  a sync handler that inserts one effect row and calls
-                   ``current_job().complete(conn)`` in the same transaction (the shape
-                   docs/exactly-once.md recommends)
+    transactional  a sync handler that inserts one effect row in
+                   ``current_job().transaction()``: the effect and the job's success
+                   commit together (the shape docs/exactly-once.md recommends)
+    transactional_own  the same on a pool of the handler's own, with
+                   ``current_job().complete(conn)`` before the commit
     raw SQL        ``processes`` processes x ``batch_concurrency`` threads, each looping
                    over one transaction per job on a minimal queue table: claim one row
                    with SKIP LOCKED, insert the effect row, mark the row done, commit
@@ -39,7 +41,7 @@ class Bench(Protocol):
     def alternate(self, r: int, pair: list[Callable[[], None]]) -> None: ...
     def drain_processes(self, kind: str, procs: int, conc: int, n: int) -> float: ...
 
-KINDS = {"noop": "async", "transactional": "tx_effect"}
+KINDS = {"noop": "async", "transactional": "tx_effect", "transactional_own": "tx_effect_own"}
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS {effects} (job_id bigint PRIMARY KEY);
@@ -93,7 +95,7 @@ def _pgjobs(bench: Bench, r: int, shape: str, batched: bool) -> None:
     label = "in one batch" if batched else "without a batch"
     bench.step(r, f"batch: {shape} jobs {label}")
     elapsed = bench.drain_processes(kind, cfg.processes, cfg.batch_concurrency, n)
-    if shape == "transactional":
+    if shape.startswith("transactional"):
         _check_effects(bench, "effects", n)
     bench.record(f"batch/{shape}_{'batch' if batched else 'plain'}", n / elapsed, "jobs/s")
 

@@ -51,11 +51,12 @@ def report(runs: dict[str, list[float]], config: BenchConfig, server: dict[str, 
                 f"drain, {kind} handlers, {procs} process(es) vs claims of 100",
                 f"drain/pgjobs_{kind}_p{procs}", "drain/minimal_sql_claims_of_100",
                 "jobs/s")
-    for shape in ("noop", "transactional"):
+    for shape in ("noop", "transactional", "transactional_own"):
         row(f"batch_{shape}", f"batch: {shape} jobs in one batch vs without",
             f"batch/{shape}_batch", f"batch/{shape}_plain", "jobs/s")
-    row("batch_transactional_vs_raw", "batch: transactional jobs without a batch vs raw SQL",
-        "batch/transactional_plain", "batch/transactional_raw_sql", "jobs/s")
+    for shape in ("transactional", "transactional_own"):
+        row(f"batch_{shape}_vs_raw", f"batch: {shape} jobs without a batch vs raw SQL",
+            f"batch/{shape}_plain", "batch/transactional_raw_sql", "jobs/s")
     for p in ("p50", "p90", "p99"):
         row(f"latency_{p}", f"enqueue-commit -> handler start, {p}",
             f"latency_{p}/pgjobs", f"latency_{p}/minimal_sql", "ms", higher_is_better=False)

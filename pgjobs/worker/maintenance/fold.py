@@ -21,6 +21,10 @@ from .base import AnyAsyncConnection, Step
 
 RETRY = 0.02
 """Seconds before a skipped batch is folded again."""
+SPACING = 0.05
+"""Least seconds between two folds asked for by one worker: under a steady stream of
+outcomes one fold covers many flushes (each fold locks the batch row for a moment), and a
+callback waits at most this much longer."""
 
 
 class BatchFolder(Step):
@@ -32,6 +36,7 @@ class BatchFolder(Step):
         self.limit = limit
         self.wanted: set[int] = set()
         self.asked: set[int] = set()
+        self.last_fold = 0.0
         """Every batch asked for since the last :meth:`settle`."""
         self.poke: Callable[[], None] = lambda: None
         """Set by the runner: wakes it to run this step now."""
@@ -42,8 +47,10 @@ class BatchFolder(Step):
         self.wanted.update(ids)
         self.asked.update(ids)
         if len(self.wanted) > before:
-            self.next_run = 0.0
-            self.poke()
+            soonest = self.last_fold + SPACING
+            if self.next_run > soonest:
+                self.next_run = soonest
+                self.poke()
 
     async def step(self, conn: AnyAsyncConnection) -> list[int]:
         """Fold the batches asked for, or sweep; returns the ids folded."""
@@ -54,6 +61,7 @@ class BatchFolder(Step):
             ids = await batches.unfolded(self.queries, self.limit).arun(conn)
         if not ids:
             return []
+        self.last_fold = time.monotonic()
         skipped = await batches.fold(self.queries, ids).arun(conn)
         if skipped:
             self.wanted.update(skipped)
