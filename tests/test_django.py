@@ -6,6 +6,7 @@ Django is set up once per test process, on a database of its own (``shop_dsn``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -135,15 +136,18 @@ def test_a_committed_atomic_runs_and_its_results_read_back(shop: str) -> None:
 def test_enqueue_on_commit_false_commits_at_once(shop: str) -> None:
     from django.db import transaction
 
-    from shop.tasks import audit
+    from shop.tasks import audit, greet
 
+    at_once = dataclasses.replace(greet, enqueue_on_commit=False)  # per task
     with pytest.raises(Boom), transaction.atomic():
-        result = audit.enqueue(7)
+        result = audit.enqueue(7)  # its backend: ENQUEUE_ON_COMMIT False
+        at_once.enqueue("Di")
         # Committed on pgjobs' own pool, apart from this transaction.
-        assert jobs(shop) == [("shop.tasks.audit", "default", 0, "available")]
+        assert jobs(shop) == [("shop.tasks.audit", "default", 0, "available"),
+                              ("shop.tasks.greet", "mail", 0, "available")]
         raise Boom
     assert audit.get_result(result.id).status == "READY"
-    assert scalar(shop, "SELECT max_attempts FROM pgjobs.jobs") == 3  # OPTIONS
+    assert query(shop, "SELECT max_attempts FROM pgjobs.jobs ORDER BY id") == [(3,), (1,)]
 
 
 def test_a_supervised_worker_starts_django_in_each_process(shop: str) -> None:
