@@ -114,7 +114,9 @@ def test_a_committed_atomic_runs_and_its_results_read_back(shop: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
     order.refresh_from_db()
-    assert order.receipt_sent
+    assert order.receipt_sent  # completed by the handler in its own atomic() block
+    assert scalar(shop, "SELECT state FROM pgjobs.jobs "
+                        "WHERE task = 'shop.tasks.send_receipt'") == "succeeded"
     for result in (total, hello, later, boom, context, doubled):
         result.refresh()
     assert (total.status, total.return_value) == (TaskResultStatus.SUCCESSFUL, 42)

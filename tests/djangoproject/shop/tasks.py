@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.db import connection, transaction
+
+import pgjobs
 from pgjobs.contrib.django import app
 
 from .models import Order
@@ -14,7 +17,10 @@ except ImportError:  # the django-tasks backport
 
 @app.job(queue="mail")
 def send_receipt(order_id: int) -> None:
-    Order.objects.filter(pk=order_id).update(receipt_sent=True)
+    """Its effect and its completion in one Django transaction: exactly once."""
+    with transaction.atomic():
+        Order.objects.filter(pk=order_id).update(receipt_sent=True)
+        pgjobs.current_job().complete(connection)
 
 
 @task()
