@@ -68,15 +68,20 @@ class Boom(Exception):
 def test_a_rolled_back_atomic_leaves_no_job(shop: str) -> None:
     from django.db import connection, transaction
 
-    from pgjobs.contrib.django.tasks_api import TaskResultDoesNotExist
+    from pgjobs.contrib.django.tasks_api import TaskResultDoesNotExist, task_enqueued
 
     from shop.models import Order
     from shop.tasks import send_receipt, total_of
 
+    sent: list[Any] = []
+    task_enqueued.connect(lambda sender, task_result, **_: sent.append(task_result),
+                          weak=False, dispatch_uid="test")
     with pytest.raises(Boom), transaction.atomic():
         order = Order.objects.create(email="a@example.com", total=5)
         send_receipt.enqueue(connection, order_id=order.pk)
         result = total_of.enqueue(order.pk)  # ENQUEUE_ON_COMMIT: this transaction too
+        task_enqueued.disconnect(dispatch_uid="test")
+        assert [r.id for r in sent] == [result.id]  # Django's signal
         assert [task for task, *_ in jobs(shop)] == []  # invisible to everyone else
         assert total_of.get_result(result.id).status == "READY"  # but seen in here
         raise Boom
@@ -216,3 +221,20 @@ def test_import_pgjobs_imports_no_framework() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_django_connection_not_on_psycopg_3_is_refused() -> None:
+    import pgjobs
+    from pgjobs.db.sessions import sync_connection
+
+    class Wrapper:  # what Django's psycopg2 backend, or another vendor's, looks like
+        def __init__(self, vendor: str) -> None:
+            self.vendor, self.connection = vendor, object()
+
+        def ensure_connection(self) -> None: ...
+
+    Wrapper.__module__ = "django.db.backends.postgresql.base"
+    with pytest.raises(pgjobs.UnsupportedConnection, match="install psycopg 3"):
+        sync_connection(Wrapper("postgresql"))  # type: ignore[arg-type]
+    with pytest.raises(pgjobs.UnsupportedConnection, match="is to sqlite"):
+        sync_connection(Wrapper("sqlite"))  # type: ignore[arg-type]

@@ -77,24 +77,27 @@ def dsn_of(database: Mapping[str, Any], alias: str) -> str:
 
 
 _lock = threading.Lock()
-_app: App | None = None
+_read: tuple[Settings, App] | None = None
+
+
+def _project() -> tuple[Settings, App]:
+    """``settings.PGJOBS`` read once per process, and the App built from it."""
+    global _read
+    with _lock:
+        if _read is None:
+            from django.conf import settings
+
+            config = read(getattr(settings, "PGJOBS", None), settings.DATABASES)
+            _read = config, App(**config.app)
+        return _read
 
 
 def get_app() -> App:
     """The project's App, built from ``settings.PGJOBS`` on first use (settings must be
     configured by then: any time after Django has started)."""
-    global _app
-    with _lock:
-        if _app is None:
-            from django.conf import settings
-
-            config = read(getattr(settings, "PGJOBS", None), settings.DATABASES)
-            _app = App(**config.app)
-        return _app
+    return _project()[1]
 
 
 def database_alias() -> str:
     """The Django connection (alias) that jobs are enqueued on."""
-    from django.conf import settings
-
-    return read(getattr(settings, "PGJOBS", None), settings.DATABASES).database
+    return _project()[0].database
