@@ -90,6 +90,7 @@ def test_a_rolled_back_atomic_leaves_no_job(shop: str) -> None:
         total_of.get_result(result.id)
 
 
+@pytest.mark.slow  # a manage.py worker process
 def test_a_committed_atomic_runs_and_its_results_read_back(shop: str) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
@@ -157,6 +158,7 @@ def test_enqueue_on_commit_false_commits_at_once(shop: str) -> None:
     assert query(shop, "SELECT max_attempts FROM pgjobs.jobs ORDER BY id") == [(3,), (1,)]
 
 
+@pytest.mark.slow  # a supervisor and its worker process
 def test_a_supervised_worker_starts_django_in_each_process(shop: str) -> None:
     from shop.tasks import greet
 
