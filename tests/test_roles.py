@@ -36,17 +36,20 @@ class Deployment:
     owner: str
     app: str
     worker: str
+    dashboard: str
+    dashboard_readonly: str
 
 
 @pytest.fixture
 def deployment(empty_dsn: str) -> Iterator[Deployment]:
     suffix = secrets.token_hex(4)  # roles are cluster-wide: one set per test
-    roles = Roles(owner=f"owner_{suffix}", app=f"app_{suffix}", worker=f"worker_{suffix}")
+    roles = Roles(owner=f"owner_{suffix}", app=f"app_{suffix}", worker=f"worker_{suffix}",
+                  dashboard=f"dash_{suffix}", dashboard_readonly=f"dashro_{suffix}")
     password = secrets.token_hex(12)  # works whether the server trusts or checks passwords
     script = roles_sql("pgjobs", roles)
     with psycopg.connect(empty_dsn, autocommit=True) as admin:
         admin.execute(script)
-        for name in (roles.owner, roles.app, roles.worker):
+        for name in roles.names():
             admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(name), sql.Literal(password)))
     owner = make_conninfo(empty_dsn, user=roles.owner, password=password)
@@ -56,12 +59,13 @@ def deployment(empty_dsn: str) -> Iterator[Deployment]:
         admin.execute(HARNESS)
         admin.execute(sql.SQL("GRANT SELECT, INSERT ON public.runs TO {}").format(
             sql.Identifier(roles.worker)))
-    yield Deployment(empty_dsn, owner, make_conninfo(empty_dsn, user=roles.app, password=password),
-                     make_conninfo(empty_dsn, user=roles.worker, password=password))
+    as_role = [make_conninfo(empty_dsn, user=name, password=password)
+               for name in (roles.app, roles.worker, roles.dashboard, roles.dashboard_readonly)]
+    yield Deployment(empty_dsn, owner, *as_role)
     with psycopg.connect(empty_dsn, autocommit=True) as admin:
         admin.execute("DROP TABLE public.runs")
         admin.execute("DROP SCHEMA pgjobs CASCADE")
-        for name in (roles.app, roles.worker, roles.owner):
+        for name in reversed(roles.names()):
             admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
                 sql.Identifier(name), sql.Identifier(name)))
 
@@ -77,12 +81,15 @@ def refused(
 def test_roles_sql_quotes_names_and_refuses_bad_ones() -> None:
     script = roles_sql("Jobs_X", Roles(owner="o", app="a", worker="w"))
     assert 'CREATE SCHEMA IF NOT EXISTS "Jobs_X" AUTHORIZATION "o";' in script
-    assert 'GRANT USAGE ON SCHEMA "Jobs_X" TO "a", "w";' in script
+    assert ('GRANT USAGE ON SCHEMA "Jobs_X" TO "a", "w", "pgjobs_dashboard", '
+            '"pgjobs_dashboard_ro";') in script
     for bad in ("Robert'); DROP TABLE jobs;--", "UPPER", "pg_signal_backend", "public", ""):
         with pytest.raises(pgjobs.InvalidName):
             Roles(app=bad)
-    with pytest.raises(pgjobs.InvalidName, match="three different roles"):
+    with pytest.raises(pgjobs.InvalidName, match="must be different roles"):
         Roles(owner="same", app="same")
+    with pytest.raises(pgjobs.InvalidName, match="must be different roles"):
+        Roles(dashboard="pgjobs_worker")
     with pytest.raises(pgjobs.InvalidName):
         roles_sql("public", Roles())
 
@@ -233,7 +240,9 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
     owner_role = scalar(deployment.owner, "SELECT current_user")
     result = CliRunner().invoke(cli, [
         "--dsn", deployment.admin, "roles", "--owner", owner_role, "--app", app_role,
-        "--worker", worker_role])
+        "--worker", worker_role,
+        "--dashboard", scalar(deployment.dashboard, "SELECT current_user"),
+        "--dashboard-readonly", scalar(deployment.dashboard_readonly, "SELECT current_user")])
     assert result.exit_code == 0, result.output
     refused(deployment.worker, "DELETE FROM pgjobs.queues")
     refused(deployment.worker, "TRUNCATE pgjobs.queues")
@@ -242,9 +251,10 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
 
 
 def test_cli_before_migrate_says_what_comes_next(empty_dsn: str) -> None:
-    names = [f"{kind}_{secrets.token_hex(4)}" for kind in ("owner", "app", "worker")]
-    result = CliRunner().invoke(cli, ["--dsn", empty_dsn, "roles", "--owner", names[0],
-                                      "--app", names[1], "--worker", names[2]])
+    kinds = ("owner", "app", "worker", "dashboard", "dashboard-readonly")
+    names = [f"{kind.replace('-', '_')}_{secrets.token_hex(4)}" for kind in kinds]
+    result = CliRunner().invoke(cli, ["--dsn", empty_dsn, "roles", *[
+        part for kind, name in zip(kinds, names, strict=True) for part in (f"--{kind}", name)]])
     try:
         assert result.exit_code == 0, result.output
         assert f"run `pgjobs migrate` as {names[0]}, then `pgjobs roles` again" in result.output

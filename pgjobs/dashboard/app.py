@@ -45,6 +45,7 @@ class Dashboard:
                     Mount("/static", StaticFiles(directory=STATIC), name="static")],
             exception_handlers={PgJobsError: self._failed, PoolTimeout: self._failed,
                                 psycopg.OperationalError: self._failed,
+                                psycopg.errors.InsufficientPrivilege: self._failed,
                                 HTTPException: self._http_error},
             lifespan=self._lifespan,
         )
@@ -96,6 +97,11 @@ class Dashboard:
             status, title, message = 503, "The database is not ready", str(exc)
         elif isinstance(exc, PgJobsError):
             status, title, message = 400, "That request cannot be served", str(exc)
+        elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            status, title = 403, "The database refused"
+            message = (f"the dashboard's database role may not do this "
+                       f"({exc.diag.message_primary}): connect it as the role `pgjobs roles` "
+                       "creates for the dashboard, or run it read-only")
         else:
             log.warning("dashboard: database unavailable: %s", exc)
             status, title = 503, "The database cannot be reached"

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -28,8 +29,9 @@ _HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u20
 
 
 def visible(value: Any) -> Any:
-    """``value`` with every invisible or reordering character shown as an escape."""
-    if isinstance(value, str):
+    """``value`` with every invisible or reordering character shown as an escape. Markup
+    (a macro's output) is left alone: the values inside it went through here already."""
+    if isinstance(value, str) and not isinstance(value, Markup):
         return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
     return value
 
