@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from pgjobs.dashboard import create_app, pages
+from pgjobs.ops.cli import cli
 from tests.dashboard_data import (
     BIG_ARGS,
     CREDENTIALS,
@@ -340,3 +344,32 @@ def test_the_database_refusing_an_action_is_a_403_page(seeded: tuple[str, Seeded
             assert refused.status_code == 403 and "may not do this" in refused.text
     finally:
         query(dsn, "DROP OWNED BY dash_nobody; DROP ROLE dash_nobody")
+
+
+def test_the_command_refuses_to_start_without_credentials_off_loopback(
+        fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGJOBS_DASHBOARD_USER", raising=False)
+    monkeypatch.delenv("PGJOBS_DASHBOARD_PASSWORD", raising=False)
+    runner = CliRunner()
+    bare = runner.invoke(cli, ["--dsn", fresh_dsn, "dashboard"])
+    assert bare.exit_code == 2 and "refuses to start without credentials" in bare.output
+    exposed = runner.invoke(cli, ["--dsn", fresh_dsn, "dashboard", "--no-auth",
+                                  "--host", "0.0.0.0"])
+    assert exposed.exit_code == 2 and "only allowed on a loopback address" in exposed.output
+    half = runner.invoke(cli, ["--dsn", fresh_dsn, "dashboard"],
+                         env={"PGJOBS_DASHBOARD_USER": "ops"})
+    assert half.exit_code == 1 and "needs a user name and a password" in half.output
+
+
+def test_without_the_extra_every_other_command_works_and_this_one_says_what_to_install(
+) -> None:
+    # A Python where Starlette, Jinja2 and uvicorn cannot be imported.
+    blocked = ("import sys; sys.modules.update(starlette=None, jinja2=None, uvicorn=None); "
+               "sys.argv = ['pgjobs', *sys.argv[1:]]; from pgjobs.ops.cli import main; main()")
+    other = subprocess.run([sys.executable, "-c", blocked, "queue", "--help"],
+                           capture_output=True, text=True)
+    assert other.returncode == 0 and "Pause, resume and limit" in other.stdout
+    dash = subprocess.run([sys.executable, "-c", blocked, "dashboard", "--no-auth"],
+                          capture_output=True, text=True)
+    assert dash.returncode == 1
+    assert "pip install 'pgjobs[dashboard]'" in dash.stderr

@@ -21,6 +21,7 @@ from pgjobs.db import enqueue as _enqueue
 from pgjobs.ops import migrate as _migrate
 from pgjobs.ops.cli import cli
 from pgjobs.ops.roles import GRANTS, Roles, roles_sql
+from tests.dashboard_data import PAGES, client, csrf_of, seed
 from tests.deploy import enqueue_every_way
 from tests.helpers import WorkerProcess, query, scalar, wait_until
 from tests.workerapps.deployed import HARNESS
@@ -271,3 +272,58 @@ def test_cli_run_by_an_unprivileged_role_says_who_may_run_it(deployment: Deploym
     result = CliRunner().invoke(cli, ["--dsn", deployment.app, "roles"])
     assert result.exit_code == 1
     assert "permission denied" in result.output and "as a superuser" in result.output
+
+
+def test_the_dashboard_role_shows_every_page_and_takes_every_action(
+    deployment: Deployment,
+) -> None:
+    rows = seed(deployment.admin)
+    child_job = scalar(deployment.admin, "SELECT id FROM pgjobs.jobs WHERE batch_id = %s",
+                       rows.child_batch)
+    with client(deployment.dashboard) as c:
+        for path in [*PAGES, *rows.detail_pages(), "/jobs/bulk?action=cancel&state=available"]:
+            assert c.get(path).status_code == 200, path
+        token = csrf_of(c.get("/").text)
+        # Cancelling the last jobs of the nested batches completes both, which fires the
+        # outer one's on_success: the triggers count, release and insert as this role.
+        for path, form in [(f"/jobs/{rows.dead}/retry", {}),
+                           ("/jobs/bulk", {"action": "cancel", "batch": str(rows.child_batch),
+                                           "upto": str(child_job)}),
+                           (f"/jobs/{rows.available}/cancel", {}),
+                           (f"/jobs/{rows.expired}/delete", {}),
+                           ("/queues/mail/pause", {})]:
+            done = c.post(path, data={"csrf": token, **form})
+            assert done.status_code == 200 and "may not" not in done.text, (path, done.text)
+    assert scalar(deployment.admin, "SELECT count(*) FROM pgjobs.jobs WHERE task = 'mark_sent'") \
+        == 1
+    assert scalar(deployment.admin, "SELECT state FROM pgjobs.jobs WHERE id = %s",
+                  rows.dead) == "available"
+    assert scalar(deployment.admin, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'")
+    for statement in ["UPDATE pgjobs.workers SET state = 'stopped'",
+                      "DELETE FROM pgjobs.batches", "UPDATE pgjobs.periodic SET enabled = false",
+                      "SELECT * FROM pgjobs.enqueue_receipts", "TRUNCATE pgjobs.jobs",
+                      "DROP TABLE pgjobs.jobs", "CREATE TABLE pgjobs.mine (x int)"]:
+        refused(deployment.dashboard, statement)
+
+
+def test_the_read_only_dashboard_role_shows_every_page_and_changes_nothing(
+    deployment: Deployment,
+) -> None:
+    rows = seed(deployment.admin)
+    with client(deployment.dashboard_readonly, read_only=True) as c:
+        for path in [*PAGES, *rows.detail_pages()]:
+            assert c.get(path).status_code == 200, path
+    # Even a dashboard that offers actions cannot take them as this role.
+    with client(deployment.dashboard_readonly) as c:
+        token = csrf_of(c.get("/").text)
+        for path in (f"/jobs/{rows.dead}/retry", f"/jobs/{rows.available}/cancel",
+                     f"/jobs/{rows.expired}/delete", "/queues/mail/pause"):
+            refused_page = c.post(path, data={"csrf": token})
+            assert refused_page.status_code == 403 and "may not do this" in refused_page.text
+    for statement in ["UPDATE pgjobs.jobs SET state = 'cancelled'", "DELETE FROM pgjobs.jobs",
+                      "INSERT INTO pgjobs.queues (name, paused) VALUES ('mail', true)",
+                      "UPDATE pgjobs.batches SET pending = 0",
+                      "SELECT * FROM pgjobs.unique_keys", "SELECT pgjobs.batch_evaluate(1)"]:
+        refused(deployment.dashboard_readonly, statement)
+    assert scalar(deployment.admin, "SELECT state FROM pgjobs.jobs WHERE id = %s",
+                  rows.dead) == "dead"
