@@ -42,7 +42,7 @@ def queue_overview(q: Queries) -> Records:
 
 def throughput(q: Queries) -> Records:
     """Per queue and minute of the last hour: queue, minutes_ago (0-59), succeeded,
-    failed (attempts)."""
+    failed (died or expired)."""
     return Query(q.job_throughput, None, every, records, schema=q.schema)
 
 
