@@ -24,12 +24,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.dashboard_data
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from pgjobs.dashboard import create_app  # noqa: E402
-from pgjobs.ops import migrate  # noqa: E402
-from pgjobs.ops.devserver import LocalServer  # noqa: E402
-from tests.dashboard_data import fill  # noqa: E402
+from pgjobs.dashboard import create_app
+from pgjobs.ops import migrate
+from pgjobs.ops.devserver import LocalServer
+from tests.dashboard_data import fill
 
 WORKERS = """
 INSERT INTO pgjobs.workers (host, pid, queues, concurrency, meta)
