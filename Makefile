@@ -15,7 +15,7 @@ help: ## Show this list
 
 install: $(STAMP) system-deps ## Create .venv with pgjobs (editable) and its dev extra
 
-system-deps: ## Install PgBouncer for its tests when missing (as root; says what to do otherwise)
+system-deps: ## Install PgBouncer and Chromium for their tests when missing (as root; says what to do otherwise)
 	@scripts/install-system-deps
 
 $(STAMP): pyproject.toml

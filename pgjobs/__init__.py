@@ -34,6 +34,7 @@ from .core.errors import (
     PgJobsError,
     SchemaNotReady,
     UnknownTask,
+    UnsupportedConnection,
     ValidationError,
 )
 from .core.options import JobOptions
@@ -69,6 +70,7 @@ __all__ = [
     "Snooze",
     "Task",
     "UnknownTask",
+    "UnsupportedConnection",
     "ValidationError",
     "Worker",
     "WorkerConfig",

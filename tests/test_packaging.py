@@ -4,6 +4,7 @@ run from a folder outside the checkout in a virtualenv of its own."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 import pgjobs
 from pgjobs.ops import migrate as _migrate
@@ -43,13 +45,17 @@ def make_venv(root: Path, wheel: Path) -> Path:
     into the new environment would take."""
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(root)], check=True)
+    pip_install(root, str(wheel))
+    return root
+
+
+def pip_install(venv: Path, requirement: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install",
-         "--quiet", "--no-compile", "--disable-pip-version-check", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--quiet", "--no-compile", "--disable-pip-version-check", requirement],
         capture_output=True, text=True, check=False, env=isolated_env(),
     )
     assert done.returncode == 0, done.stderr
-    return root
 
 
 def check_wheel_contents(wheel: Path) -> None:
@@ -108,3 +114,41 @@ def test_the_wheel_installs_and_migrates_outside_the_checkout(
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE jobs" in done.stdout
     assert done.stdout.rstrip().endswith("COMMIT;")
+
+    # The core install imports no framework; then docs/django.md, followed to the letter.
+    done = run_installed(venv, "python", "-c", "import sys, pgjobs; print('django' in "
+                         "sys.modules, 'sqlalchemy' in sys.modules)", cwd=elsewhere)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+    follow_django_docs(venv, wheel, databases.create(migrated=False),
+                       tmp_path_factory.mktemp("djangoproject"))
+
+
+def follow_django_docs(venv: Path, wheel: Path, dsn: str, project: Path) -> None:
+    """Run each step of docs/django.md's "A complete project" section in a new folder:
+    its shell blocks line by line (``pip install 'pgjobs[django]'`` installs the built
+    wheel's extra instead), its files written or appended as the text says. The last
+    command prints the line the page says it ends with."""
+    text = (REPO / "docs" / "django.md").read_text()
+    section = text.split("## A complete project, step by step", 1)[1].split("\n## ", 1)[0]
+    db = conninfo_to_dict(dsn)
+    env = isolated_env(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                       DB_NAME=str(db["dbname"]), DB_USER=str(db.get("user", "")),
+                       DB_HOST=str(db.get("host", "")), DB_PORT=str(db.get("port", "")))
+    output = ""
+    for label, lang, body in re.findall(r"([^\n]*)\n\n```(\w+)\n(.*?)```", section, re.S):
+        target = re.fullmatch(r"(Append to )?`([^`]+)`:", label.strip())
+        if lang == "python":
+            assert target, f"a python block without a file: {label!r}"
+            path = project / target.group(2)
+            with path.open("a" if target.group(1) else "w") as file:
+                file.write(("\n" if target.group(1) else "") + body)
+            continue
+        for line in body.splitlines():
+            if line == "pip install 'pgjobs[django]'":
+                pip_install(venv, f"{wheel}[django]")
+                continue
+            done = subprocess.run(["bash", "-c", line], cwd=project, env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            output = done.stdout
+    assert output.strip().splitlines()[-1] == "True 42"

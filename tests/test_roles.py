@@ -21,6 +21,7 @@ from pgjobs.db import enqueue as _enqueue
 from pgjobs.ops import migrate as _migrate
 from pgjobs.ops.cli import cli
 from pgjobs.ops.roles import GRANTS, Roles, roles_sql
+from tests.dashboard_data import PAGES, client, csrf_of, seed
 from tests.deploy import enqueue_every_way
 from tests.helpers import WorkerProcess, query, scalar, wait_until
 from tests.workerapps.deployed import HARNESS
@@ -36,17 +37,20 @@ class Deployment:
     owner: str
     app: str
     worker: str
+    dashboard: str
+    dashboard_readonly: str
 
 
 @pytest.fixture
 def deployment(empty_dsn: str) -> Iterator[Deployment]:
     suffix = secrets.token_hex(4)  # roles are cluster-wide: one set per test
-    roles = Roles(owner=f"owner_{suffix}", app=f"app_{suffix}", worker=f"worker_{suffix}")
+    roles = Roles(owner=f"owner_{suffix}", app=f"app_{suffix}", worker=f"worker_{suffix}",
+                  dashboard=f"dash_{suffix}", dashboard_readonly=f"dashro_{suffix}")
     password = secrets.token_hex(12)  # works whether the server trusts or checks passwords
     script = roles_sql("pgjobs", roles)
     with psycopg.connect(empty_dsn, autocommit=True) as admin:
         admin.execute(script)
-        for name in (roles.owner, roles.app, roles.worker):
+        for name in roles.names():
             admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(name), sql.Literal(password)))
     owner = make_conninfo(empty_dsn, user=roles.owner, password=password)
@@ -56,12 +60,13 @@ def deployment(empty_dsn: str) -> Iterator[Deployment]:
         admin.execute(HARNESS)
         admin.execute(sql.SQL("GRANT SELECT, INSERT ON public.runs TO {}").format(
             sql.Identifier(roles.worker)))
-    yield Deployment(empty_dsn, owner, make_conninfo(empty_dsn, user=roles.app, password=password),
-                     make_conninfo(empty_dsn, user=roles.worker, password=password))
+    as_role = [make_conninfo(empty_dsn, user=name, password=password)
+               for name in (roles.app, roles.worker, roles.dashboard, roles.dashboard_readonly)]
+    yield Deployment(empty_dsn, owner, *as_role)
     with psycopg.connect(empty_dsn, autocommit=True) as admin:
         admin.execute("DROP TABLE public.runs")
         admin.execute("DROP SCHEMA pgjobs CASCADE")
-        for name in (roles.app, roles.worker, roles.owner):
+        for name in reversed(roles.names()):
             admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
                 sql.Identifier(name), sql.Identifier(name)))
 
@@ -77,12 +82,15 @@ def refused(
 def test_roles_sql_quotes_names_and_refuses_bad_ones() -> None:
     script = roles_sql("Jobs_X", Roles(owner="o", app="a", worker="w"))
     assert 'CREATE SCHEMA IF NOT EXISTS "Jobs_X" AUTHORIZATION "o";' in script
-    assert 'GRANT USAGE ON SCHEMA "Jobs_X" TO "a", "w";' in script
+    assert ('GRANT USAGE ON SCHEMA "Jobs_X" TO "a", "w", "pgjobs_dashboard", '
+            '"pgjobs_dashboard_ro";') in script
     for bad in ("Robert'); DROP TABLE jobs;--", "UPPER", "pg_signal_backend", "public", ""):
         with pytest.raises(pgjobs.InvalidName):
             Roles(app=bad)
-    with pytest.raises(pgjobs.InvalidName, match="three different roles"):
+    with pytest.raises(pgjobs.InvalidName, match="must be different roles"):
         Roles(owner="same", app="same")
+    with pytest.raises(pgjobs.InvalidName, match="must be different roles"):
+        Roles(dashboard="pgjobs_worker")
     with pytest.raises(pgjobs.InvalidName):
         roles_sql("public", Roles())
 
@@ -233,7 +241,9 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
     owner_role = scalar(deployment.owner, "SELECT current_user")
     result = CliRunner().invoke(cli, [
         "--dsn", deployment.admin, "roles", "--owner", owner_role, "--app", app_role,
-        "--worker", worker_role])
+        "--worker", worker_role,
+        "--dashboard", scalar(deployment.dashboard, "SELECT current_user"),
+        "--dashboard-readonly", scalar(deployment.dashboard_readonly, "SELECT current_user")])
     assert result.exit_code == 0, result.output
     refused(deployment.worker, "DELETE FROM pgjobs.queues")
     refused(deployment.worker, "TRUNCATE pgjobs.queues")
@@ -242,9 +252,10 @@ def test_roles_is_rerunnable_and_takes_back_what_it_no_longer_grants(
 
 
 def test_cli_before_migrate_says_what_comes_next(empty_dsn: str) -> None:
-    names = [f"{kind}_{secrets.token_hex(4)}" for kind in ("owner", "app", "worker")]
-    result = CliRunner().invoke(cli, ["--dsn", empty_dsn, "roles", "--owner", names[0],
-                                      "--app", names[1], "--worker", names[2]])
+    kinds = ("owner", "app", "worker", "dashboard", "dashboard-readonly")
+    names = [f"{kind.replace('-', '_')}_{secrets.token_hex(4)}" for kind in kinds]
+    result = CliRunner().invoke(cli, ["--dsn", empty_dsn, "roles", *[
+        part for kind, name in zip(kinds, names, strict=True) for part in (f"--{kind}", name)]])
     try:
         assert result.exit_code == 0, result.output
         assert f"run `pgjobs migrate` as {names[0]}, then `pgjobs roles` again" in result.output
@@ -261,3 +272,58 @@ def test_cli_run_by_an_unprivileged_role_says_who_may_run_it(deployment: Deploym
     result = CliRunner().invoke(cli, ["--dsn", deployment.app, "roles"])
     assert result.exit_code == 1
     assert "permission denied" in result.output and "as a superuser" in result.output
+
+
+def test_the_dashboard_role_shows_every_page_and_takes_every_action(
+    deployment: Deployment,
+) -> None:
+    rows = seed(deployment.admin)
+    child_job = scalar(deployment.admin, "SELECT id FROM pgjobs.jobs WHERE batch_id = %s",
+                       rows.child_batch)
+    with client(deployment.dashboard) as c:
+        for path in [*PAGES, *rows.detail_pages(), "/jobs/bulk?action=cancel&state=available"]:
+            assert c.get(path).status_code == 200, path
+        token = csrf_of(c.get("/").text)
+        # Cancelling the last jobs of the nested batches completes both, which fires the
+        # outer one's on_success: the triggers count, release and insert as this role.
+        for path, form in [(f"/jobs/{rows.dead}/retry", {}),
+                           ("/jobs/bulk", {"action": "cancel", "batch": str(rows.child_batch),
+                                           "upto": str(child_job)}),
+                           (f"/jobs/{rows.available}/cancel", {}),
+                           (f"/jobs/{rows.expired}/delete", {}),
+                           ("/queues/mail/pause", {})]:
+            done = c.post(path, data={"csrf": token, **form})
+            assert done.status_code == 200 and "may not" not in done.text, (path, done.text)
+    assert scalar(deployment.admin, "SELECT count(*) FROM pgjobs.jobs WHERE task = 'mark_sent'") \
+        == 1
+    assert scalar(deployment.admin, "SELECT state FROM pgjobs.jobs WHERE id = %s",
+                  rows.dead) == "available"
+    assert scalar(deployment.admin, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'")
+    for statement in ["UPDATE pgjobs.workers SET state = 'stopped'",
+                      "DELETE FROM pgjobs.batches", "UPDATE pgjobs.periodic SET enabled = false",
+                      "SELECT * FROM pgjobs.enqueue_receipts", "TRUNCATE pgjobs.jobs",
+                      "DROP TABLE pgjobs.jobs", "CREATE TABLE pgjobs.mine (x int)"]:
+        refused(deployment.dashboard, statement)
+
+
+def test_the_read_only_dashboard_role_shows_every_page_and_changes_nothing(
+    deployment: Deployment,
+) -> None:
+    rows = seed(deployment.admin)
+    with client(deployment.dashboard_readonly, read_only=True) as c:
+        for path in [*PAGES, *rows.detail_pages()]:
+            assert c.get(path).status_code == 200, path
+    # Even a dashboard that offers actions cannot take them as this role.
+    with client(deployment.dashboard_readonly) as c:
+        token = csrf_of(c.get("/").text)
+        for path in (f"/jobs/{rows.dead}/retry", f"/jobs/{rows.available}/cancel",
+                     f"/jobs/{rows.expired}/delete", "/queues/mail/pause"):
+            refused_page = c.post(path, data={"csrf": token})
+            assert refused_page.status_code == 403 and "may not do this" in refused_page.text
+    for statement in ["UPDATE pgjobs.jobs SET state = 'cancelled'", "DELETE FROM pgjobs.jobs",
+                      "INSERT INTO pgjobs.queues (name, paused) VALUES ('mail', true)",
+                      "UPDATE pgjobs.batches SET pending = 0",
+                      "SELECT * FROM pgjobs.unique_keys", "SELECT pgjobs.batch_evaluate(1)"]:
+        refused(deployment.dashboard_readonly, statement)
+    assert scalar(deployment.admin, "SELECT state FROM pgjobs.jobs WHERE id = %s",
+                  rows.dead) == "dead"

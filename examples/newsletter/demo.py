@@ -314,7 +314,9 @@ def main() -> int:
         newsletter.migrate(conn)
     seed(dsn, args.subscribers, args.newsletters)
     print(f"{args.subscribers:,} subscribers, {args.newsletters} newsletter(s) due 3 s apart; "
-          f"pgjobs worker --processes 2 --concurrency {args.concurrency} --lease {LEASE}\n")
+          f"pgjobs worker --processes 2 --concurrency {args.concurrency} --lease {LEASE}")
+    print(f"Watch it in the dashboard (another terminal, pip install 'pgjobs[dashboard]'):\n"
+          f"  pgjobs --dsn '{dsn}' dashboard --no-auth   # then open http://127.0.0.1:8080/\n")
 
     if args.dsn:
         log = Path(tempfile.mkstemp(prefix="newsletter-demo-", suffix=".log")[1])

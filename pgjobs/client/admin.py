@@ -1,5 +1,5 @@
-"""Operator actions on jobs by id: cancel and retry (``App.cancel_jobs``,
-``App.retry_jobs`` and ``pgjobs jobs cancel|retry``).
+"""Operator actions on jobs by id: cancel, retry and delete (``App.cancel_jobs``,
+``App.retry_jobs``, ``pgjobs jobs cancel|retry`` and the dashboard).
 
 Each action is one statement that changes what it may and reports, per id asked, what
 happened and why not, so a batch of ids is never half understood.
@@ -81,4 +81,19 @@ def _retried(id: int, changed: bool, was: str | None, state: str | None,
         detail = f"not retried: job {key_holder} holds its unique key"
     else:
         detail = f"not retried: it is {state}"
+    return JobChange(id, changed, was, state, detail)
+
+
+def delete_jobs(q: Queries, conn: AnyConnection, ids: Iterable[int]) -> list[JobChange]:
+    """Delete finished jobs (waiting and running ones must be cancelled first)."""
+    return [_deleted(**row) for row in jobs.delete(q, job_ids(ids)).run(conn)]
+
+
+def _deleted(id: int, changed: bool, was: str | None, state: str | None) -> JobChange:
+    if changed:
+        detail = f"deleted (was {was})"
+    elif state is None:
+        detail = "no such job (never enqueued, or already deleted)"
+    else:
+        detail = f"not deleted: it is {state}; cancel it first"
     return JobChange(id, changed, was, state, detail)

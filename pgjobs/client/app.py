@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -21,11 +21,15 @@ from ..core.schedule import Schedule
 from ..core.types import BatchStatus, Enqueued, JobChange
 from ..db.enqueue import AnyStatement
 from ..db.queries import Queries
+from ..db.sessions import sync_connection
 from . import admin, push
 from .batches import Batch, create_batch, get_status
 from .config import SETTING_NAMES, Config
 from .periodic import make_schedule
 from .task import Task
+
+if TYPE_CHECKING:
+    from ..db.sessions import ConnectionLike
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -176,9 +180,10 @@ class App:
             ) from None
 
     def enqueue(
-        self, conn: AnyConnection | None, task_name: str, /, **kwargs: Any
+        self, conn: ConnectionLike | None, task_name: str, /, **kwargs: Any
     ) -> Enqueued:
-        """Enqueue ``task_name`` with keyword ``kwargs`` on ``conn`` (None: own transaction)."""
+        """Enqueue ``task_name`` with keyword ``kwargs`` on ``conn`` (None: own transaction;
+        a SQLAlchemy session or Django's connection as in :meth:`Task.enqueue`)."""
         return self.task(task_name).enqueue(conn, **kwargs)
 
     # -- connections -----------------------------------------------------------------
@@ -258,27 +263,30 @@ class App:
     # -- batches -----------------------------------------------------------------------
 
     def batch(
-        self, conn: AnyConnection, description: str | None = None, *,
+        self, conn: ConnectionLike, description: str | None = None, *,
         parent: Batch | int | None = None, batch_id: int | None = None,
     ) -> Batch:
         """A new batch in ``conn``'s transaction (or, with ``batch_id``, an existing one,
-        e.g. from one of its own jobs to add more work)."""
+        e.g. from one of its own jobs to add more work). ``conn`` may be a SQLAlchemy
+        ``Session`` or ``Connection`` or Django's connection, as in :meth:`Task.enqueue`."""
+        psycopg_conn = _required(conn)
         if batch_id is not None:
-            get_status(self, conn, batch_id)
-            return Batch(self, conn, batch_id)
+            get_status(self, psycopg_conn, batch_id)
+            return Batch(self, psycopg_conn, batch_id)
         parent_id = parent.id if isinstance(parent, Batch) else parent
-        return create_batch(self, conn, description, parent_id)
+        return create_batch(self, psycopg_conn, description, parent_id)
 
-    def batch_status(self, conn: AnyConnection | None, batch_id: int) -> BatchStatus:
+    def batch_status(self, conn: ConnectionLike | None, batch_id: int) -> BatchStatus:
         """A batch's counters and state (None: read on the app's pool)."""
-        if conn is None:
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is None:
             with self.pool.connection() as own:
                 return get_status(self, own, batch_id)
-        return get_status(self, conn, batch_id)
+        return get_status(self, psycopg_conn, batch_id)
 
     # -- operator actions --------------------------------------------------------------
 
-    def cancel_jobs(self, conn: AnyConnection | None, ids: Iterable[int],
+    def cancel_jobs(self, conn: ConnectionLike | None, ids: Iterable[int],
                     reason: str | None = None) -> list[JobChange]:
         """Cancel waiting and running jobs, in ``conn``'s transaction (None: in one of
         its own). A running job's handler is stopped by its worker at the next heartbeat
@@ -286,17 +294,18 @@ class App:
         :class:`JobChange` per id, in id order."""
         return self._run(conn, lambda c: admin.cancel_jobs(self.queries, c, ids, reason))
 
-    def retry_jobs(self, conn: AnyConnection | None, ids: Iterable[int]) -> list[JobChange]:
+    def retry_jobs(self, conn: ConnectionLike | None, ids: Iterable[int]) -> list[JobChange]:
         """Run dead, cancelled and expired jobs again, now (and jobs waiting for a retry,
         at once), keeping their errors and attempts, with room for one more attempt (see
         docs/jobs.md). One :class:`JobChange` per id, in id order."""
         channel = self.config.channel
         return self._run(conn, lambda c: admin.retry_jobs(self.queries, c, ids, channel))
 
-    def _run(self, conn: AnyConnection | None, action: Callable[[AnyConnection], T]) -> T:
+    def _run(self, conn: ConnectionLike | None, action: Callable[[AnyConnection], T]) -> T:
         """``action`` on ``conn``, or (None) in a short transaction of the app's pool."""
-        if conn is not None:
-            return action(conn)
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is not None:
+            return action(psycopg_conn)
         with self.pool.connection() as own, own.transaction():
             return action(own)
 
@@ -312,3 +321,13 @@ class App:
         apool, self._apool = self._apool, None
         if apool is not None:
             await apool.close()
+
+
+def _required(conn: ConnectionLike) -> AnyConnection:
+    psycopg_conn = sync_connection(conn)
+    if psycopg_conn is None:
+        raise ConfigurationError(
+            "a batch is built in your transaction: pass a connection, a SQLAlchemy session "
+            "or Django's connection (inside transaction.atomic())"
+        )
+    return psycopg_conn

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ..core.args import ArgsEncoder
 from ..core.errors import ConfigurationError, UnknownTask
@@ -21,12 +19,14 @@ from ..core.types import Enqueued
 from ..db import enqueue
 from ..db.enqueue import AnyStatement, NewJobs
 from ..db.queries import Queries
+from ..db.sessions import async_connection, sync_connection
 from .config import Config
+
+if TYPE_CHECKING:
+    from ..db.sessions import AsyncConnectionLike, ConnectionLike
 
 P = ParamSpec("P")
 R = TypeVar("R")
-AnyConnection = psycopg.Connection[Any]
-AnyAsyncConnection = psycopg.AsyncConnection[Any]
 
 
 class Host(Protocol):
@@ -79,49 +79,59 @@ class Task(Generic[P, R]):
         copy.limit = self.limit
         return copy
 
-    def enqueue(self, conn: AnyConnection | None = None, /, **kwargs: Any) -> Enqueued:
+    def enqueue(self, conn: ConnectionLike | None = None, /, **kwargs: Any) -> Enqueued:
         """Enqueue one job with keyword ``kwargs``.
 
         With ``conn``, the job is part of the caller's transaction: it is never committed
         here, becomes visible (and wakes workers) only when the caller commits, and
-        vanishes on rollback. Without, it commits in a short transaction of the app's
-        pool, retried across connection failures without ever enqueueing twice.
+        vanishes on rollback. ``conn`` is a psycopg ``Connection``, a SQLAlchemy
+        ``Session`` or ``Connection`` (psycopg 3 driver: ``postgresql+psycopg://``), or
+        Django's ``connection`` (inside ``transaction.atomic()``): pgjobs runs on the
+        psycopg connection underneath, in its current transaction (docs/sqlalchemy.md,
+        docs/django.md). Without ``conn``, the job commits in a short transaction of the
+        app's pool, retried across connection failures without ever enqueueing twice.
         """
         statement = self._statement([kwargs])
-        if conn is None:
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is None:
             return self.app._push(statement)[0]
-        return statement.run(conn)[0]
+        return statement.run(psycopg_conn)[0]
 
     def enqueue_many(
-        self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
+        self, conn: ConnectionLike | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
-        """Enqueue one job per mapping in ``rows`` with one statement; results in order."""
+        """Enqueue one job per mapping in ``rows`` with one statement; results in order.
+        ``conn`` as in :meth:`enqueue`."""
         statement = self._statement(list(rows))
         if not statement.size:
             return []
-        if conn is None:
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is None:
             return self.app._push(statement)
-        return statement.run(conn)
+        return statement.run(psycopg_conn)
 
     async def enqueue_async(
-        self, aconn: AnyAsyncConnection | None = None, /, **kwargs: Any
+        self, aconn: AsyncConnectionLike | None = None, /, **kwargs: Any
     ) -> Enqueued:
-        """:meth:`enqueue` on a psycopg ``AsyncConnection`` (None: the app's async pool)."""
+        """:meth:`enqueue` on a psycopg ``AsyncConnection`` or a SQLAlchemy
+        ``AsyncSession`` / ``AsyncConnection`` (None: the app's async pool)."""
         statement = self._statement([kwargs])
-        if aconn is None:
+        psycopg_conn = await async_connection(aconn)
+        if psycopg_conn is None:
             return (await self.app._apush(statement))[0]
-        return (await statement.arun(aconn))[0]
+        return (await statement.arun(psycopg_conn))[0]
 
     async def enqueue_many_async(
-        self, aconn: AnyAsyncConnection | None, rows: Iterable[Mapping[str, Any]]
+        self, aconn: AsyncConnectionLike | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
-        """:meth:`enqueue_many` on a psycopg ``AsyncConnection``."""
+        """:meth:`enqueue_many` on what :meth:`enqueue_async` takes."""
         statement = self._statement(list(rows))
         if not statement.size:
             return []
-        if aconn is None:
+        psycopg_conn = await async_connection(aconn)
+        if psycopg_conn is None:
             return await self.app._apush(statement)
-        return await statement.arun(aconn)
+        return await statement.arun(psycopg_conn)
 
     def limit_columns(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The per-key limit columns of one job with ``kwargs`` (computing its key)."""

@@ -4,7 +4,8 @@
 
     PgJobsError
     ├── ConfigurationError          the app or a command is set up wrongly
-    │   └── MissingDatabaseURL      no DSN given and PGJOBS_DATABASE_URL unset
+    │   ├── MissingDatabaseURL      no DSN given and PGJOBS_DATABASE_URL unset
+    │   └── UnsupportedConnection   a connection or session pgjobs cannot run on (not psycopg 3)
     ├── ValidationError             bad input, refused before any SQL is sent
     │   ├── InvalidName             queue or task name outside the allowed pattern
     │   ├── InvalidArgs             args not a JSON object of keyword arguments
@@ -45,6 +46,12 @@ class MissingDatabaseURL(ConfigurationError):
             "no database URL: pass App(dsn=...) or --dsn, or set PGJOBS_DATABASE_URL "
             "(for a local server run `pgjobs dev start` and use the URL it prints)"
         )
+
+
+class UnsupportedConnection(ConfigurationError):
+    """A connection, SQLAlchemy session or Django connection that pgjobs cannot run its
+    statements on: another driver than psycopg 3, another database than PostgreSQL, or an
+    object of an unknown kind."""
 
 
 class ValidationError(PgJobsError, ValueError):

@@ -1,4 +1,4 @@
-"""Jobs by id, for operators: read one, list the latest, cancel, retry."""
+"""Jobs by id, for operators: read one, list the latest, cancel, retry, delete."""
 
 from __future__ import annotations
 
@@ -33,3 +33,8 @@ def retry(q: Queries, ids: Sequence[int], channel: str) -> Query[list[dict[str, 
     key_holder, batch_succeeded."""
     return Query(q.job_retry, {"ids": list(ids), "channel": channel}, every, records,
                  schema=q.schema)
+
+
+def delete(q: Queries, ids: Sequence[int]) -> Query[list[dict[str, Any]]]:
+    """Delete finished jobs; per id asked: id, changed, was, state (None: gone)."""
+    return Query(q.job_delete, {"ids": list(ids)}, every, records, schema=q.schema)

@@ -76,5 +76,16 @@ class Queries:
     job_list: sql.SQL
     job_cancel: sql.SQL
     job_retry: sql.SQL
+    job_delete: sql.SQL
+    queue_overview: sql.SQL
+    job_throughput: sql.SQL
+    job_page: sql.SQL
+    job_count_matching: sql.SQL
+    job_ids_matching: sql.SQL
+    job_detail: sql.SQL
+    job_args: sql.SQL
+    batch_page: sql.SQL
+    batch_lineage: sql.SQL
+    worker_page: sql.SQL
     schema_version_table: sql.SQL
     schema_revision: sql.SQL

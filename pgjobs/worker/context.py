@@ -7,7 +7,7 @@ import contextvars
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -17,8 +17,15 @@ from ..core.errors import LeaseLost, PgJobsError
 from ..core.types import ClaimedJob
 from ..db import leases
 from ..db.queries import Queries
+from ..db.sessions import async_connection, sync_connection
 from ..db.statement import Query, translated_errors
 from .txpool import TransactionPools
+
+if TYPE_CHECKING:
+    from ..db.sessions import AsyncConnectionLike, ConnectionLike
+
+
+T = TypeVar("T")
 
 
 class Flag:
@@ -114,20 +121,23 @@ class JobContext:
         the shutdown grace period ran out (see also :attr:`shutting_down`)."""
         return self.stop_event.is_set()
 
-    def complete(self, conn: psycopg.Connection[Any], result: Any = None) -> None:
+    def complete(self, conn: ConnectionLike, result: Any = None) -> None:
         """Mark the job succeeded inside ``conn``'s transaction, fenced by the lease.
 
         Write your effects and call this in one transaction to get them exactly once:
         if this attempt no longer holds the lease, :class:`pgjobs.LeaseLost` is raised
         and your transaction must roll back (a ``with conn:`` block does that).
+        ``conn`` may also be a SQLAlchemy ``Session`` or ``Connection`` (the
+        session's transaction) or Django's connection inside ``transaction.atomic()``.
         """
         failpoints.hit("mid_handler")
-        self._check(self._completion(result).run(conn))
+        self._check(self._completion(result).run(_given(sync_connection(conn))))
 
-    async def complete_async(self, aconn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
-        """:meth:`complete` on an ``AsyncConnection``."""
+    async def complete_async(self, aconn: AsyncConnectionLike, result: Any = None) -> None:
+        """:meth:`complete` on a psycopg ``AsyncConnection`` or a SQLAlchemy
+        ``AsyncSession`` / ``AsyncConnection``."""
         failpoints.hit("mid_handler")
-        self._check(await self._completion(result).arun(aconn))
+        self._check(await self._completion(result).arun(_given(await async_connection(aconn))))
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -215,6 +225,12 @@ class JobContext:
                 "roll back this transaction (another attempt owns the job)"
             )
         self.completed = True
+
+
+def _given(conn: T | None) -> T:
+    if conn is None:
+        raise PgJobsError("complete() runs in your transaction: pass its connection or session")
+    return conn
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")

@@ -15,6 +15,7 @@ from . import (
     admin,
     batches,
     claim,
+    dashboard,
     enqueue,
     leases,
     periodic,
@@ -27,6 +28,7 @@ from . import (
 
 MODULES: tuple[ModuleType, ...] = (
     enqueue, batches, claim, leases, retention, workers, periodic, queues, status, admin, schema,
+    dashboard,
 )
 
 CATALOG_NAMES = ("status_tables", "status_horizon", "status_now", "schema_version_table")

@@ -105,3 +105,22 @@ LEFT JOIN {schema}.jobs AS job ON job.id = i.id,
 (SELECT count(*) FROM notified) n
 ORDER BY i.id
 """
+
+# Deletes finished jobs (succeeded, dead, cancelled, expired), as the pruner does. A job
+# still waiting or running is left alone: cancel it first (deleting it would leave its
+# batch waiting for it forever, and its worker's lease pointing at nothing). The delete
+# trigger releases a unique hold. One row per id asked: changed, the state it had, the
+# state it has (NULL: gone).
+job_delete = """
+WITH deleted AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('succeeded', 'dead', 'cancelled', 'expired')
+    RETURNING id, state
+)
+SELECT i.id, deleted.id IS NOT NULL AS changed, coalesce(deleted.state, job.state) AS was,
+       CASE WHEN deleted.id IS NOT NULL THEN NULL ELSE job.state END AS state
+FROM unnest(%(ids)s::bigint[]) AS i(id)
+LEFT JOIN deleted ON deleted.id = i.id
+LEFT JOIN {schema}.jobs AS job ON job.id = i.id
+ORDER BY i.id
+"""

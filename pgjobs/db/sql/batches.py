@@ -1,6 +1,6 @@
 """SQL: batches. Their counters are kept by the jobs trigger (so hand-written SQL on
 ``jobs`` counts too), which appends to ``batch_deltas``; ``batch_fold`` folds the deltas
-into the ``batches`` row and fires the events they make due (revision 0006)."""
+into the ``batches`` row and fires the events they make due (revision 0007)."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
 """
 
-# current_job().transaction(): the same success, through job_complete() (revision 0006),
+# current_job().transaction(): the same success, through job_complete() (revision 0007),
 # which raises PJ002 when the lease is lost instead of matching no row, so that it can be
 # pipelined with the COMMIT that follows: a lost lease aborts the transaction and the
 # COMMIT rolls the handler's effects back.

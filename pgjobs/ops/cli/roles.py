@@ -1,4 +1,5 @@
-"""``pgjobs roles``: create the owner, app and worker roles and grant each what it needs."""
+"""``pgjobs roles``: create the owner, app, worker and dashboard roles and grant each what
+it needs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 def _role_option(kind: str, default: str, what: str) -> Callable[[FC], FC]:
-    return click.option(f"--{kind}", default=default, show_default=True,
+    return click.option(f"--{kind.replace('_', '-')}", kind, default=default, show_default=True,
                         envvar=f"PGJOBS_{kind.upper()}_ROLE", show_envvar=True, help=what)
 
 
@@ -26,9 +27,15 @@ def _role_option(kind: str, default: str, what: str) -> Callable[[FC], FC]:
 @_role_option("owner", "pgjobs_owner", "Role that owns the schema; run `pgjobs migrate` as it.")
 @_role_option("app", "pgjobs_app", "Role that enqueues jobs and reads their state.")
 @_role_option("worker", "pgjobs_worker", "Role that runs `pgjobs worker`.")
+@_role_option("dashboard", "pgjobs_dashboard",
+              "Role that runs `pgjobs dashboard`: reads, retries, cancels, deletes, pauses.")
+@_role_option("dashboard_readonly", "pgjobs_dashboard_ro",
+              "Role that runs `pgjobs dashboard --read-only`: reads only.")
 @click.pass_obj
-def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str) -> None:
-    """Create the owner, app and worker roles and grant each what it needs (docs/security.md).
+def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str, dashboard: str,
+          dashboard_readonly: str) -> None:
+    """Create the owner, app, worker and dashboard roles and grant each what it needs
+    (docs/security.md, docs/dashboard.md).
 
     Idempotent. Roles are created with LOGIN and no password when missing: set one with
     ALTER ROLE ... PASSWORD. Apply it as a superuser (or a role with CREATEROLE that owns
@@ -38,7 +45,9 @@ def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str) -> No
     from ..roles import Roles, roles_sql
 
     try:
-        script = roles_sql(obj.schema, Roles(owner=owner, app=app, worker=worker))
+        names = Roles(owner=owner, app=app, worker=worker, dashboard=dashboard,
+                      dashboard_readonly=dashboard_readonly)
+        script = roles_sql(obj.schema, names)
     except PgJobsError as exc:
         raise click.UsageError(str(exc)) from None
     if print_sql:
@@ -55,7 +64,8 @@ def roles(obj: Target, print_sql: bool, owner: str, app: str, worker: str) -> No
             ) from exc
         migrated = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
             sql.Identifier(obj.schema, "jobs").as_string(None),)).fetchone()
-    click.echo(f"roles {owner}, {app} and {worker} are set up for schema {obj.schema!r}")
+    click.echo(f"roles {owner}, {app}, {worker}, {dashboard} and {dashboard_readonly} are set "
+               f"up for schema {obj.schema!r}")
     if not migrated or not migrated[0]:
         click.echo(f"the schema has no tables yet: run `pgjobs migrate` as {owner}, then "
                    "`pgjobs roles` again to grant on them")

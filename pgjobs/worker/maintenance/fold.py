@@ -1,5 +1,5 @@
 """Fold batches: move the counters' deltas into their batch rows and fire the events they
-make due (``batch_fold``, revision 0006).
+make due (``batch_fold``, revision 0007).
 
 A worker asks for the batches of the jobs whose outcomes it has just written
 (:meth:`BatchFolder.request`), so a batch's callbacks fire within a fold of its last

@@ -33,14 +33,14 @@ effects back (``current_job().transaction()``). Any client can call it from SQL.
 Locks: creates a table and an index, and replaces functions and a view; nothing is
 rewritten. Downgrade folds every remaining delta into its batch first.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
