@@ -36,6 +36,7 @@ from .core.errors import (
     UnknownTask,
     ValidationError,
 )
+from .core.hooks import EnqueueCall, EventKind, JobEvent, Probe
 from .core.options import JobOptions
 from .core.types import BatchStatus, Enqueued, JobChange
 from .core.version import __version__
@@ -53,17 +54,21 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "DuplicateJob",
+    "EnqueueCall",
     "Enqueued",
+    "EventKind",
     "InvalidArgs",
     "InvalidName",
     "InvalidOption",
     "JobChange",
     "JobContext",
+    "JobEvent",
     "JobOptions",
     "JobTimeout",
     "LeaseLost",
     "MissingDatabaseURL",
     "PgJobsError",
+    "Probe",
     "Retry",
     "SchemaNotReady",
     "Snooze",

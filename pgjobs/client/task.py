@@ -8,13 +8,16 @@ hands the rows to the database layer (``db.enqueue``), which writes them.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import psycopg
 
 from ..core.args import ArgsEncoder
-from ..core.errors import ConfigurationError, UnknownTask
+from ..core.errors import ConfigurationError, InvalidOption, UnknownTask
+from ..core.hooks import EnqueueCall, Hooks, JobEvent, acall_through, call_through
 from ..core.limits import NO_KEY_LIMIT, KeyLimit
 from ..core.options import JobOptions, unique_key
 from ..core.types import Enqueued
@@ -30,10 +33,11 @@ AnyAsyncConnection = psycopg.AsyncConnection[Any]
 
 
 class Host(Protocol):
-    """What a task needs of its App: settings, statements, and reliable push."""
+    """What a task needs of its App: settings, statements, hooks and reliable push."""
 
     config: Config
     queries: Queries
+    hooks: Hooks
 
     def _push(self, statement: AnyStatement) -> list[Enqueued]: ...
 
@@ -87,38 +91,67 @@ class Task(Generic[P, R]):
         vanishes on rollback. Without, it commits in a short transaction of the app's
         pool, retried across connection failures without ever enqueueing twice.
         """
-        statement = self._statement([kwargs])
-        if conn is None:
-            return self.app._push(statement)[0]
-        return statement.run(conn)[0]
+        return self._send(conn, [kwargs])[0]
 
     def enqueue_many(
         self, conn: AnyConnection | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
         """Enqueue one job per mapping in ``rows`` with one statement; results in order."""
-        statement = self._statement(list(rows))
-        if not statement.size:
-            return []
-        if conn is None:
-            return self.app._push(statement)
-        return statement.run(conn)
+        return self._send(conn, list(rows))
 
     async def enqueue_async(
         self, aconn: AnyAsyncConnection | None = None, /, **kwargs: Any
     ) -> Enqueued:
         """:meth:`enqueue` on a psycopg ``AsyncConnection`` (None: the app's async pool)."""
-        statement = self._statement([kwargs])
-        if aconn is None:
-            return (await self.app._apush(statement))[0]
-        return (await statement.arun(aconn))[0]
+        return (await self._asend(aconn, [kwargs]))[0]
 
     async def enqueue_many_async(
         self, aconn: AnyAsyncConnection | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
         """:meth:`enqueue_many` on a psycopg ``AsyncConnection``."""
-        statement = self._statement(list(rows))
-        if not statement.size:
+        return await self._asend(aconn, list(rows))
+
+    # Every enqueue: validate and encode (typed errors, before any SQL and before any
+    # middleware), then write, inside the app's enqueue middleware when it has some.
+
+    def _send(self, conn: AnyConnection | None, rows: list[Mapping[str, Any]]
+              ) -> list[Enqueued]:
+        jobs = self.new_jobs(rows)
+        if not jobs.args:
             return []
+        hooks = self.app.hooks
+        if not hooks.enqueue and not hooks.wants("enqueued"):
+            return self._write(conn, jobs)
+        call = EnqueueCall(self.name, jobs.opts.queue, rows)
+        results = call_through(hooks.enqueue, lambda: self._write(conn, with_meta(jobs, call)),
+                               call, "enqueue")
+        announce(hooks, call, results)
+        return results
+
+    async def _asend(self, aconn: AnyAsyncConnection | None, rows: list[Mapping[str, Any]]
+                     ) -> list[Enqueued]:
+        jobs = self.new_jobs(rows)
+        if not jobs.args:
+            return []
+        hooks = self.app.hooks
+        if not hooks.enqueue_async and not hooks.wants("enqueued"):
+            return await self._awrite(aconn, jobs)
+        call = EnqueueCall(self.name, jobs.opts.queue, rows)
+        results = await acall_through(
+            hooks.enqueue_async, lambda: self._awrite(aconn, with_meta(jobs, call)), call,
+            "enqueue")
+        announce(hooks, call, results)
+        return results
+
+    def _write(self, conn: AnyConnection | None, jobs: NewJobs) -> list[Enqueued]:
+        statement = enqueue.statement(self.app.queries, jobs)
+        if conn is None:
+            return self.app._push(statement)
+        return statement.run(conn)
+
+    async def _awrite(self, aconn: AnyAsyncConnection | None, jobs: NewJobs
+                      ) -> list[Enqueued]:
+        statement = enqueue.statement(self.app.queries, jobs)
         if aconn is None:
             return await self.app._apush(statement)
         return await statement.arun(aconn)
@@ -144,8 +177,28 @@ class Task(Generic[P, R]):
             unique_keys=unique_keys, channel=config.channel if config.notify else None,
         )
 
-    def _statement(self, rows: list[Mapping[str, Any]]) -> AnyStatement:
-        return enqueue.statement(self.app.queries, self.new_jobs(rows))
+
+
+def with_meta(jobs: NewJobs, call: EnqueueCall) -> NewJobs:
+    """``jobs`` carrying the meta enqueue middleware stored in ``call`` (JSON)."""
+    if not call.meta:
+        return jobs
+    try:
+        meta = json.dumps(call.meta, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidOption(f"the meta enqueue middleware stored for {jobs.task} is not "
+                            f"JSON ({exc}); store plain str, int, float, bool, list, "
+                            "dict") from None
+    return replace(jobs, meta=meta)
+
+
+def announce(hooks: Hooks, call: EnqueueCall, results: list[Enqueued]) -> None:
+    """Tell the ``enqueued`` listeners about each new job (not the duplicates)."""
+    if hooks.wants("enqueued"):
+        for result in results:
+            if not result.duplicate:
+                hooks.emit(JobEvent("enqueued", result.id, call.task, call.queue, 0,
+                                    "available", meta=call.meta))
 
 
 def encoder_for(max_bytes: int | None, name: str, fn: Callable[..., Any] | None) -> ArgsEncoder:

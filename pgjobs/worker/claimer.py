@@ -149,7 +149,10 @@ class Claimer:
             query = claim.claim(self.queries, statement, self.queues, limit, self.lease,
                                 self.worker_id)
             jobs = await query.arun(conn)
-            self.ahead.claimed(time.monotonic() - sent)
+            took = time.monotonic() - sent
+            self.ahead.claimed(took)
+            for probe in self.slots.probes:
+                probe.claimed(len(jobs), took)
         except TRANSIENT as exc:
             await self.connector.backoff(exc)
             return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -79,6 +81,13 @@ class JobContext:
     @property
     def recoveries(self) -> int:
         return self.job.recoveries
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """The job's ``meta`` when it was claimed, read-only: pgjobs' own keys (``batch``,
+        ``periodic``, ``snoozed``, ``trace``, ...) and what enqueue middleware stored
+        (``EnqueueCall.meta``)."""
+        return MappingProxyType(self.job.meta)
 
     @property
     def batch_id(self) -> int | None:
