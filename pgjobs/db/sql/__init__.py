@@ -17,6 +17,7 @@ from . import (
     claim,
     enqueue,
     leases,
+    metrics,
     periodic,
     queues,
     retention,
@@ -27,6 +28,7 @@ from . import (
 
 MODULES: tuple[ModuleType, ...] = (
     enqueue, batches, claim, leases, retention, workers, periodic, queues, status, admin, schema,
+    metrics,
 )
 
 CATALOG_NAMES = ("status_tables", "status_horizon", "status_now", "schema_version_table")

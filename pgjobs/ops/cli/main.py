@@ -14,6 +14,7 @@ from ...core.version import __version__
 from .bench import bench
 from .common import Target
 from .dev import dev
+from .exporter import exporter
 from .jobs import jobs
 from .queues import periodic, queue
 from .roles import roles
@@ -88,7 +89,7 @@ def migrate(obj: Target, print_sql: bool, downgrade: str | None, start: str | No
         raise click.ClickException(f"migration failed: {exc}") from exc
 
 
-for command in (worker, bench, dev, jobs, periodic, queue, roles, status):
+for command in (worker, bench, dev, exporter, jobs, periodic, queue, roles, status):
     cli.add_command(command)
 
 
