@@ -14,6 +14,8 @@ Everything is fed by the app's extension points: the outcome and ``reclaimed`` e
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,13 +71,30 @@ class WorkerMetrics(Probe):
         # Label lookups cost more than the increments: one child per label set, kept.
         self._finished: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
+        # Slots change twice per job: keep the numbers, and let a scrape read them (one
+        # process), or copy them to the shared files every second (multiprocess mode,
+        # whose gauges a scrape cannot call back into).
+        self._occupancy = (0, 0)
+        self._shared = bool(os.environ.get(MULTIPROCESS_DIR))
+        if not self._shared:
+            self.running.set_function(lambda: self._occupancy[0])
+            self.free.set_function(lambda: self._occupancy[1])
 
     def attach(self, app: Host) -> WorkerMetrics:
         """Listen to ``app``'s events and measure its workers (before they start)."""
         app.hooks.add_listener(OUTCOMES, self.job_finished)
         app.hooks.add_listener(("reclaimed",), self.job_reclaimed)
         app.hooks.probes.append(self)
+        if self._shared:
+            threading.Thread(target=self._publish, name="pgjobs-metrics", daemon=True).start()
         return self
+
+    def _publish(self, every: float = 1.0) -> None:
+        while True:
+            running, free = self._occupancy
+            self.running.set(running)
+            self.free.set(free)
+            time.sleep(every)
 
     def job_finished(self, event: JobEvent) -> None:
         key = (event.task, event.queue, event.kind)
@@ -101,8 +120,7 @@ class WorkerMetrics(Probe):
         self.renewals.inc(leases)
 
     def occupancy(self, running: int, free: int) -> None:
-        self.running.set(running)
-        self.free.set(free)
+        self._occupancy = (running, free)
 
 
 def record(app: Host, registry: CollectorRegistry = REGISTRY) -> WorkerMetrics:

@@ -94,22 +94,25 @@ class Executor:
     async def invoke(self, task: Handler, job: ClaimedJob, ctx: JobContext) -> Any:
         token = _current.set(ctx)
         try:
-            if task.is_async:
-                return await self.invoke_async(task, job, ctx)
-            return await self.invoke_sync(task, job, ctx)
+            if not task.is_async:
+                return await self.invoke_sync(task, job, ctx)
+            chain = self.hooks.execute_async
+            if task.timeout is None and not chain:
+                return await handler(task)(**job.args)  # the common case, at no extra cost
+            return await self.invoke_async(task, job, ctx, chain)
         finally:
             _current.reset(token)
 
-    async def invoke_async(self, task: Handler, job: ClaimedJob, ctx: JobContext) -> Any:
+    async def invoke_async(self, task: Handler, job: ClaimedJob, ctx: JobContext,
+                           chain: list[Callable[..., Any]]) -> Any:
         """On the loop, inside the async execute middleware; the timeout covers both."""
         call = functools.partial(handler(task), **job.args)
-        chain = self.hooks.execute_async
         if task.timeout is None:
-            return await (acall_through(chain, call, ctx, "execute") if chain else call())
+            return await acall_through(chain, call, ctx, "execute")
         limit = asyncio.timeout(task.timeout)
         try:
             async with limit:
-                return await (acall_through(chain, call, ctx, "execute") if chain else call())
+                return await acall_through(chain, call, ctx, "execute")
         except TimeoutError:
             if limit.expired():
                 raise JobTimeout(f"timed out after {task.timeout} s") from None
