@@ -5,7 +5,8 @@
         --rounds 5 --jobs 5000 --kind async
 
 The same tree twice, with flags for the second run only, compares a setting instead:
-``ab_drain.py . . --after-flags=--observe`` is the cost of metrics and tracing.
+``ab_drain.py . . --after-flags="--metrics --tracing"`` is the cost of metrics and
+tracing.
 
 Each round runs each tree's own benchmarks/profile_drain.py (this one's when the tree has
 none) once per tree, order alternating, and reads its jobs/s and worker CPU microseconds

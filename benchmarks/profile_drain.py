@@ -4,12 +4,13 @@
         .venv/bin/python benchmarks/profile_drain.py --jobs 20000 --kind async
 
 Prints jobs/s. Uses (and drops) a scratch schema, like ``pgjobs bench``. With
-``--observe``, the worker records Prometheus metrics and traces every job with the
-OpenTelemetry SDK (batched, to an exporter that drops the spans), each job carrying the
-trace context of a request that enqueued it; ``--sampled R``: only that fraction of
-those requests was sampled (head sampling; the jobs follow their parent's decision).
-The cost of observability, against the same drain without it:
-``ab_drain.py . . --after-flags=--observe``.
+``--metrics``, the worker records its Prometheus metrics; with ``--tracing``, it traces
+every job with the OpenTelemetry SDK (batched, to an exporter that drops the spans),
+each job carrying the trace context of a request that enqueued it; ``--sampled R``:
+only that fraction of those requests was sampled (head sampling; the jobs follow their
+parent's decision); ``--tracing api``: the OpenTelemetry API alone, no SDK. The cost
+of observability, against the same drain without it:
+``ab_drain.py . . --after-flags="--metrics --tracing"``.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def traced_by_requests(bench: Bench, sampled: float) -> None:
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(bench.jobs))
 
 
-def observe(app: Any) -> None:
+def observe(app: Any, metrics: bool, tracing_on: str | None) -> None:
     """Metrics and tracing on, as in production: spans recorded (when sampled) and
     exported by a batch processor."""
+    if not (metrics or tracing_on):
+        return
     from collections.abc import Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -83,10 +86,14 @@ def observe(app: Any) -> None:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Dropped()))
-    tracing.instrument(app, provider)
-    prometheus.record(app, CollectorRegistry())
+    if tracing_on == "api":
+        tracing.instrument(app)  # the global provider: a no-op without an SDK
+    elif tracing_on:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        tracing.instrument(app, provider)
+    if metrics:
+        prometheus.record(app, CollectorRegistry())
 
 
 def report_trace(elapsed: float) -> None:
@@ -106,10 +113,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--trace", action="store_true",
                         help="Count claims and outcome flushes, with their sizes and times.")
-    parser.add_argument("--observe", action="store_true",
-                        help="Prometheus metrics and OpenTelemetry tracing on.")
+    parser.add_argument("--metrics", action="store_true", help="Prometheus metrics on.")
+    parser.add_argument("--tracing", nargs="?", const="sdk", choices=["sdk", "api"],
+                        help="OpenTelemetry tracing on, with the SDK (or the API alone).")
     parser.add_argument("--sampled", type=float, default=1.0,
-                        help="With --observe: the fraction of jobs whose trace is sampled.")
+                        help="With --tracing: the fraction of jobs whose trace is sampled.")
     args = parser.parse_args()
     if args.trace:
         trace_round_trips()
@@ -117,9 +125,9 @@ def main() -> None:
     with bench.scratch_schema():
         bench.fill(args.jobs, _task_name(args.kind))
         app = bench_app(bench.dsn, bench.schema)
-        if args.observe:
+        if args.tracing:
             traced_by_requests(bench, args.sampled)
-            observe(app)
+        observe(app, args.metrics, args.tracing)
         if args.kind.endswith("_tx"):
             _open_pools(bench.dsn, args.concurrency)
 

@@ -13,6 +13,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -138,10 +139,22 @@ def test_a_worker_serves_its_metrics_and_logs_json(dsn: str, spawn: Spawner) -> 
     assert sum(line.get("outcome") == "succeeded" for line in lines) == 4  # DEBUG lines
 
 
-def test_one_scrape_covers_every_process_of_a_supervisor(dsn: str, spawn: Spawner) -> None:
+STALE = ("from prometheus_client import Counter; Counter('pgjobs_jobs_finished', '', "
+         "['task', 'queue', 'outcome']).labels('async_busy', 'default', 'succeeded').inc(100)")
+
+
+def test_one_scrape_covers_every_process_of_a_supervisor(
+        dsn: str, spawn: Spawner, tmp_path: Path) -> None:
+    # A directory of a previous run, with a count the supervisor must not add in.
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    subprocess.run([sys.executable, "-c", STALE], check=True,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    assert list(folder.glob("counter_*.db"))
     port = free_port()
     supervisor = spawn("--processes", "2", "--concurrency", "3", "--metrics-port", str(port),
-                       "--metrics-host", "127.0.0.1", "--poll-interval", "0.2")
+                       "--metrics-host", "127.0.0.1", "--poll-interval", "0.2",
+                       env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
     first = wait_for_running(dsn, 2, "two worker processes")
     with psycopg.connect(dsn) as conn:
         basic.async_busy.enqueue_many(conn, [{"seconds": 0.2}] * 12)
@@ -162,6 +175,7 @@ def test_one_scrape_covers_every_process_of_a_supervisor(dsn: str, spawn: Spawne
     scraped(port, {finished: 12, key("pgjobs_free_slots"): 6}, "the replacement's gauges")
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(60) == 0
+    assert folder.is_dir()  # named by the user: cleared at start, kept at exit
 
 
 def test_the_exporter_serves_queue_wide_gauges(dsn: str) -> None:

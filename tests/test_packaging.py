@@ -1,5 +1,6 @@
 """The built wheel works on its own: migrations inside it, the `pgjobs` command installed,
-run from a folder outside the checkout in a virtualenv of its own."""
+run from a folder outside the checkout in a virtualenv of its own; its observability
+extras install cleanly into it."""
 
 from __future__ import annotations
 
@@ -43,13 +44,17 @@ def make_venv(root: Path, wheel: Path) -> Path:
     into the new environment would take."""
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(root)], check=True)
+    pip_install(root, str(wheel))
+    return root
+
+
+def pip_install(venv: Path, requirement: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install",
-         "--quiet", "--no-compile", "--disable-pip-version-check", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--quiet", "--no-compile", "--disable-pip-version-check", requirement],
         capture_output=True, text=True, check=False, env=isolated_env(),
     )
     assert done.returncode == 0, done.stderr
-    return root
 
 
 def check_wheel_contents(wheel: Path) -> None:
@@ -108,3 +113,25 @@ def test_the_wheel_installs_and_migrates_outside_the_checkout(
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE jobs" in done.stdout
     assert done.stdout.rstrip().endswith("COMMIT;")
+
+    check_observability_extras(venv, wheel, elsewhere)
+
+
+OBSERVABILITY = (
+    "import importlib.util as u, pgjobs.observability.prometheus, "
+    "pgjobs.observability.exporter, pgjobs.observability.tracing; "
+    "print(u.find_spec('opentelemetry.sdk') is None)"
+)
+
+
+def check_observability_extras(venv: Path, wheel: Path, elsewhere: Path) -> None:
+    """Without the extras, their commands name the extra to install; with them (into
+    the same fresh virtualenv), every observability module imports, and the otel
+    extra brings the OpenTelemetry API only, never the SDK."""
+    done = run_installed(venv, "pgjobs", "--dsn", "postgresql://nowhere/x", "exporter",
+                         cwd=elsewhere)
+    assert done.returncode == 1 and "pip install 'pgjobs[prometheus]'" in done.stderr
+    pip_install(venv, f"{wheel}[prometheus,otel]")
+    done = run_installed(venv, "python", "-c", OBSERVABILITY, cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -20,7 +20,14 @@ from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 
 from ..core.control import Cancel, Snooze
 from ..core.hooks import EnqueueCall
@@ -37,60 +44,58 @@ HANDLED = (Snooze, Cancel)
 
 
 class Tracing:
-    """The four middleware (sync and async, enqueue and execute) around one tracer.
+    """Spans around enqueues and attempts, with one tracer: a sync and an async
+    middleware for each (:meth:`middleware`).
 
     Written without context managers: a span per job is on the hot path of every
     worker, and ``start_as_current_span`` costs about three times ``start_span`` with
     ``context.attach``."""
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, provider: TracerProvider | None = None) -> None:
         self.tracer = tracer
+        self.provider = provider
         # The jobs of one enqueue_many share its context: extract it once, not per job
         # (extracting costs more than starting a span that is not sampled).
         self._last: tuple[dict[str, Any] | None, Context | None] = (None, None)
 
-    def enqueue(self, call_next: Callable[[], list[Enqueued]], call: EnqueueCall
-                ) -> list[Enqueued]:
-        span, token = self.sending(call)
-        try:
-            return sent(span, call_next())
-        except BaseException as exc:
-            failed(span, exc)
-            raise
-        finally:
-            finish(span, token)
+    def middleware(self, begin: Callable[[Any], tuple[Span, Token[Context]]],
+                   end: Callable[[Span, Any], Any] = lambda span, result: result
+                   ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """A sync and an async middleware that run their call inside the span ``begin``
+        starts for their subject (``end`` sees the span and the call's result)."""
 
-    async def enqueue_async(self, call_next: Callable[[], Awaitable[list[Enqueued]]],
-                            call: EnqueueCall) -> list[Enqueued]:
-        span, token = self.sending(call)
-        try:
-            return sent(span, await call_next())
-        except BaseException as exc:
-            failed(span, exc)
-            raise
-        finally:
-            finish(span, token)
+        def wrap(call_next: Callable[[], Any], subject: Any) -> Any:
+            if self.off():
+                return call_next()
+            span, token = begin(subject)
+            try:
+                return end(span, call_next())
+            except BaseException as exc:
+                failed(span, exc)
+                raise
+            finally:
+                finish(span, token)
 
-    def execute(self, call_next: Callable[[], Any], job: JobContext) -> Any:
-        span, token = self.processing(job)
-        try:
-            return call_next()
-        except BaseException as exc:
-            failed(span, exc)
-            raise
-        finally:
-            finish(span, token)
+        async def wrap_async(call_next: Callable[[], Awaitable[Any]], subject: Any) -> Any:
+            if self.off():
+                return await call_next()
+            span, token = begin(subject)
+            try:
+                return end(span, await call_next())
+            except BaseException as exc:
+                failed(span, exc)
+                raise
+            finally:
+                finish(span, token)
 
-    async def execute_async(self, call_next: Callable[[], Awaitable[Any]], job: JobContext
-                            ) -> Any:
-        span, token = self.processing(job)
-        try:
-            return await call_next()
-        except BaseException as exc:
-            failed(span, exc)
-            raise
-        finally:
-            finish(span, token)
+        return wrap, wrap_async
+
+    def off(self) -> bool:
+        """True while no SDK stands behind the global provider (and none was given):
+        every span would be a no-op, and reading a job's trace context costs more than
+        running a small job, so enqueues and attempts go on without either."""
+        return self.provider is None and isinstance(trace.get_tracer_provider(),
+                                                    ProxyTracerProvider)
 
     def sending(self, call: EnqueueCall) -> tuple[Span, Token[Context]]:
         """Start the enqueue's span, make it current, and store its context in the
@@ -154,10 +159,10 @@ def instrument(app: Host, tracer_provider: TracerProvider | None = None) -> Trac
     """Trace ``app``'s enqueues and executions with ``tracer_provider`` (default: the
     global one, which the OpenTelemetry SDK's setup sets). Call it once, where the app
     is defined, before registering other middleware, so its spans enclose theirs."""
-    tracing = Tracing(trace.get_tracer("pgjobs", __version__, tracer_provider))
-    hooks = app.hooks
-    hooks.add_middleware("enqueue", tracing.enqueue)
-    hooks.add_middleware("enqueue", tracing.enqueue_async)
-    hooks.add_middleware("execute", tracing.execute)
-    hooks.add_middleware("execute", tracing.execute_async)
+    tracing = Tracing(trace.get_tracer("pgjobs", __version__, tracer_provider),
+                      tracer_provider)
+    for middleware in tracing.middleware(tracing.sending, sent):
+        app.hooks.add_middleware("enqueue", middleware)
+    for middleware in tracing.middleware(tracing.processing):
+        app.hooks.add_middleware("execute", middleware)
     return tracing
