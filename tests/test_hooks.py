@@ -370,13 +370,13 @@ def test_probes_measure_claims_and_slots(fresh_app: pgjobs.App, fresh_dsn: str) 
 
     @app.job(name="t")
     async def t() -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
 
     with psycopg.connect(fresh_dsn) as conn:
         t.enqueue_many(conn, [{}] * 5)
-    drain(app, concurrency=3)
+    drain(app, concurrency=3, lease=1)  # a heartbeat (sampling slots) every 1/3 s
     assert probe.claimed_jobs == 5
-    assert {(0, 3), (3, 0)} <= probe.occupancy_seen
+    assert {(0, 3), (3, 0)} <= probe.occupancy_seen  # at start; while three run
     assert all(running + free == 3 for running, free in probe.occupancy_seen)
 
 

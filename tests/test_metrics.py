@@ -70,17 +70,14 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 
 
 @pytest.fixture
-def dsn(fresh_dsn: str) -> str:
-    return with_harness(fresh_dsn)
-
-
-@pytest.fixture
-def spawn(dsn: str) -> Iterator[Spawner]:
-    with spawner(dsn) as start:
+def spawn(fresh_dsn: str) -> Iterator[Spawner]:
+    """Worker processes on a fresh database with the harness tables (``spawn.dsn``)."""
+    with spawner(with_harness(fresh_dsn)) as start:
         yield start
 
 
-def test_a_worker_serves_its_metrics_and_logs_json(dsn: str, spawn: Spawner) -> None:
+def test_a_worker_serves_its_metrics_and_logs_json(spawn: Spawner) -> None:
+    dsn = spawn.dsn
     with psycopg.connect(dsn) as conn:
         for x in range(3):
             basic.double.enqueue(conn, x=x)
@@ -143,8 +140,9 @@ STALE = ("from prometheus_client import Counter; Counter('pgjobs_jobs_finished',
          "['task', 'queue', 'outcome']).labels('async_busy', 'default', 'succeeded').inc(100)")
 
 
-def test_one_scrape_covers_every_process_of_a_supervisor(
-        dsn: str, spawn: Spawner, tmp_path: Path) -> None:
+def test_one_scrape_covers_every_process_of_a_supervisor(spawn: Spawner, tmp_path: Path
+                                                         ) -> None:
+    dsn = spawn.dsn
     # A directory of a previous run, with a count the supervisor must not add in.
     folder = tmp_path / "metrics"
     folder.mkdir()
@@ -178,7 +176,8 @@ def test_one_scrape_covers_every_process_of_a_supervisor(
     assert folder.is_dir()  # named by the user: cleared at start, kept at exit
 
 
-def test_the_exporter_serves_queue_wide_gauges(dsn: str) -> None:
+def test_the_exporter_serves_queue_wide_gauges(fresh_dsn: str) -> None:
+    dsn = fresh_dsn
     app = pgjobs.App(dsn=dsn)
     mail = app.task("shop.mail", queue="mail")
     with psycopg.connect(dsn) as conn:
@@ -237,7 +236,8 @@ def test_the_exporter_reports_a_database_it_cannot_read(empty_dsn: str) -> None:
     assert families["pgjobs_queue_jobs"].samples == []
 
 
-def test_a_bad_metrics_port_is_a_usage_error(dsn: str) -> None:
+def test_a_bad_metrics_port_is_a_usage_error(fresh_dsn: str) -> None:
+    dsn = fresh_dsn
     done = subprocess.run(
         [sys.executable, "-m", "pgjobs", "worker", "--app", "workerapps.basic:app",
          "--metrics-port", "70000"], env={**os.environ, "PGJOBS_DATABASE_URL": dsn},
@@ -245,7 +245,7 @@ def test_a_bad_metrics_port_is_a_usage_error(dsn: str) -> None:
     assert done.returncode == 2 and "--metrics-port" in done.stderr
 
 
-def test_a_metrics_port_in_use_is_refused(dsn: str, spawn: Spawner) -> None:
+def test_a_metrics_port_in_use_is_refused(spawn: Spawner) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

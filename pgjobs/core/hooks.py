@@ -115,7 +115,8 @@ class Probe:
         """``leases`` leases were not renewed: a heartbeat failed, or found them lost."""
 
     def occupancy(self, running: int, free: int) -> None:
-        """Handlers running now, and free slots: sent whenever they change."""
+        """Handlers running now, and free slots: sampled when the worker starts, at each
+        claim (at least every ``poll_interval`` while idle) and at each heartbeat."""
 
 
 Listener = Callable[[JobEvent], None]

@@ -151,8 +151,10 @@ class Claimer:
             jobs = await query.arun(conn)
             took = time.monotonic() - sent
             self.ahead.claimed(took)
-            for probe in self.slots.probes:
-                probe.claimed(len(jobs), took)
+            if self.slots.probes:
+                for probe in self.slots.probes:
+                    probe.claimed(len(jobs), took)
+                self.slots.occupancy()
         except TRANSIENT as exc:
             await self.connector.backoff(exc)
             return None

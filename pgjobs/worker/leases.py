@@ -58,6 +58,8 @@ class Heartbeat:
                 continue
             renewed_at = sent
             self.arm(sent)
+            if self.slots.probes:
+                self.slots.occupancy()
             lost = [ctx for ctx in held if ctx.job.lease_token not in answered
                     and ctx.job.lease_token in self.slots.leases and not ctx.completed]
             for ctx in lost:

@@ -86,11 +86,9 @@ class Slots:
                 continue
             task = asyncio.create_task(self._run(ctx))
             self.running[ctx.job.lease_token] = (ctx, task)
-            if self.probes:
-                self.occupancy()
 
     async def _run(self, ctx: JobContext) -> None:
-        if self.hooks.listeners:
+        if "started" in self.hooks.listeners:
             self.report(ctx, "started")
         started = time.perf_counter()
         try:
@@ -107,8 +105,6 @@ class Slots:
         job_line(OUTCOME_LEVEL.get(outcome.kind, logging.DEBUG), ctx, outcome.kind, ran,
                  self.worker_id)
         self.summary.count(outcome.kind, self.held)
-        if self.probes:
-            self.occupancy()
         self.on_finished()
 
     def written(self, batch: list[Pending]) -> None:
@@ -133,6 +129,9 @@ class Slots:
                                      self.worker_id))
 
     def occupancy(self) -> None:
+        """Tell the probes how many handlers run and how many slots are free. Sampled
+        (at start, at each claim and each heartbeat), not sent at every change: two
+        calls per job would cost more than the gauge they feed is worth."""
         running = len(self.running)
         for probe in self.probes:
             probe.occupancy(running, max(0, self.concurrency - running))
