@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.errors import PgJobsError
-from ..db import metrics
+from ..db import status
 from ..db.queries import Queries
 
 log = logging.getLogger("pgjobs.exporter")
@@ -47,14 +47,14 @@ class QueueCollector(Collector):
         self.queries = Queries(schema)
         self.timeout = timeout
 
-    def read(self) -> list[metrics.GaugeRow]:
+    def read(self) -> list[status.GaugeRow]:
         # A connection per scrape: nothing to keep alive between scrapes seconds apart,
         # and nothing to recover after a restart of the server. Never prepared, so a
         # transaction-mode pooler is fine.
         with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None,
                              connect_timeout=max(1, int(self.timeout)),
                              application_name="pgjobs-exporter") as conn:
-            return metrics.gauges(self.queries).run(conn)
+            return status.gauges(self.queries).run(conn)
 
     def collect(self) -> Iterable[Any]:
         started = time.perf_counter()

@@ -17,7 +17,6 @@ from . import (
     claim,
     enqueue,
     leases,
-    metrics,
     periodic,
     queues,
     retention,
@@ -28,7 +27,6 @@ from . import (
 
 MODULES: tuple[ModuleType, ...] = (
     enqueue, batches, claim, leases, retention, workers, periodic, queues, status, admin, schema,
-    metrics,
 )
 
 CATALOG_NAMES = ("status_tables", "status_horizon", "status_now", "schema_version_table")
