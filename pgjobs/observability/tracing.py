@@ -14,6 +14,7 @@ and attributes follow OpenTelemetry's messaging semantic conventions
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any
@@ -57,6 +58,8 @@ class Tracing:
         # The jobs of one enqueue_many share its context: extract it once, not per job
         # (extracting costs more than starting a span that is not sampled).
         self._last: tuple[dict[str, Any] | None, Context | None] = (None, None)
+        self._sdk = False
+        self._look_again = 0.0
 
     def middleware(self, begin: Callable[[Any], tuple[Span, Token[Context]]],
                    end: Callable[[Span, Any], Any] = lambda span, result: result
@@ -93,9 +96,16 @@ class Tracing:
     def off(self) -> bool:
         """True while no SDK stands behind the global provider (and none was given):
         every span would be a no-op, and reading a job's trace context costs more than
-        running a small job, so enqueues and attempts go on without either."""
-        return self.provider is None and isinstance(trace.get_tracer_provider(),
-                                                    ProxyTracerProvider)
+        running a small job, so enqueues and attempts go on without either. Looked up
+        at most once a second (the lookup costs microseconds): an SDK set up after
+        ``instrument`` counts from then on, and one set up stays."""
+        if self.provider is not None or self._sdk:
+            return False
+        now = time.monotonic()
+        if now >= self._look_again:
+            self._look_again = now + 1.0
+            self._sdk = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        return not self._sdk
 
     def sending(self, call: EnqueueCall) -> tuple[Span, Token[Context]]:
         """Start the enqueue's span, make it current, and store its context in the

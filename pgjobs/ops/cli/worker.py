@@ -25,8 +25,8 @@ from ...client.config import Config
 from ...core.errors import ConfigurationError
 from ...worker.config import WorkerConfig
 from ...worker.lifecycle import Worker
+from .. import supervisor
 from ..settings import Duration, build, envvar, options
-from ..supervisor import METRICS_DIR_ENV
 from .common import Logs, Target, optional
 
 APP_SETTINGS = ("pgbouncer", "listen_dsn")
@@ -123,8 +123,6 @@ def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
         app.config = replace(app.config, **overrides)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
     if process.processes is not None:
-        from .. import supervisor
-
         env = {k: v for k, v in os.environ.items()
                if k not in {envvar(name) for name in SUPERVISOR_ONLY}}
         flags = _child_flags(click.get_current_context(), env)
@@ -156,7 +154,7 @@ def _metrics_address(process: Process) -> tuple[str, int] | None:
 def _record_metrics(app: App, process: Process) -> None:
     """A worker records metrics with --metrics-port, and serves them itself unless its
     supervisor does (which then set ``PGJOBS_METRICS_DIR`` for it)."""
-    supervised = os.environ.get(METRICS_DIR_ENV)
+    supervised = os.environ.get(supervisor.METRICS_DIR_ENV)
     if process.metrics_port is None and not supervised:
         return
     prometheus = optional("prometheus", "--metrics-port")
