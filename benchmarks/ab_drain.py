@@ -4,6 +4,10 @@
     PGJOBS_DATABASE_URL=... .venv/bin/python benchmarks/ab_drain.py /tmp/before . \\
         --rounds 5 --jobs 5000 --kind async
 
+The same tree twice, with flags for the second run only, compares a setting instead:
+``ab_drain.py . . --after-flags="--metrics --tracing"`` is the cost of metrics and
+tracing.
+
 Each round runs each tree's own benchmarks/profile_drain.py (this one's when the tree has
 none) once per tree, order alternating, and reads its jobs/s and worker CPU microseconds
 per job. CPU per job is the steadier figure on a
@@ -24,13 +28,13 @@ HERE = Path(__file__).resolve().parent
 LINE = re.compile(r"= ([\d,]+) jobs/s; worker CPU \d+% of one core, (\d+) us/job")
 
 
-def run(tree: str, args: argparse.Namespace) -> tuple[float, float]:
+def run(tree: str, args: argparse.Namespace, extra: list[str]) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     own = Path(tree) / "benchmarks" / "profile_drain.py"
     script = own if own.is_file() else HERE / "profile_drain.py"
     out = subprocess.run(
         [sys.executable, str(script), "--jobs", str(args.jobs),
-         "--kind", args.kind, "--concurrency", str(args.concurrency)],
+         "--kind", args.kind, "--concurrency", str(args.concurrency), *extra],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
     match = LINE.search(out)
@@ -47,12 +51,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--kind", default="async")
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--after-flags", default="",
+                        help="More profile_drain.py flags for the second tree's runs.")
     args = parser.parse_args()
+    flags = {"before": [], "after": args.after_flags.split()}
     results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]
         for name, tree in order if r % 2 == 0 else reversed(order):
-            rate, cpu = run(tree, args)
+            rate, cpu = run(tree, args, flags[name])
             results[name].append((rate, cpu))
             print(f"round {r + 1} {name:<6} {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job",
                   file=sys.stderr)

@@ -3,7 +3,14 @@
     PGJOBS_DATABASE_URL=... .venv/bin/py-spy record --format raw -o drain.txt -- \\
         .venv/bin/python benchmarks/profile_drain.py --jobs 20000 --kind async
 
-Prints jobs/s. Uses (and drops) a scratch schema, like ``pgjobs bench``.
+Prints jobs/s. Uses (and drops) a scratch schema, like ``pgjobs bench``. With
+``--metrics``, the worker records its Prometheus metrics; with ``--tracing``, it traces
+every job with the OpenTelemetry SDK (batched, to an exporter that drops the spans),
+each job carrying the trace context of a request that enqueued it; ``--sampled R``:
+only that fraction of those requests was sampled (head sampling; the jobs follow their
+parent's decision); ``--tracing api``: the OpenTelemetry API alone, no SDK. The cost
+of observability, against the same drain without it:
+``ab_drain.py . . --after-flags="--metrics --tracing"``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,51 @@ def trace_round_trips() -> None:
     Completer.flush = traced_flush  # type: ignore[method-assign]
 
 
+def traced_by_requests(bench: Bench, sampled: float) -> None:
+    """Give every job the trace context of the request that enqueued it (W3C
+    traceparent, its sampled flag set for ``sampled`` of them), as tracing would."""
+    from psycopg import sql
+
+    with psycopg.connect(bench.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "UPDATE {} SET meta = jsonb_build_object('trace', jsonb_build_object("
+            "'traceparent', '00-' || md5(id::text) || '-' || left(md5(id::text || 'p'), 16)"
+            " || CASE WHEN random() < %s THEN '-01' ELSE '-00' END))").format(bench.jobs),
+            (sampled,))
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(bench.jobs))
+
+
+def observe(app: Any, metrics: bool, tracing_on: str | None) -> None:
+    """Metrics and tracing on, as in production: spans recorded (when sampled) and
+    exported by a batch processor."""
+    if not (metrics or tracing_on):
+        return
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from prometheus_client import CollectorRegistry
+
+    from pgjobs.observability import prometheus, tracing
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    if tracing_on == "api":
+        tracing.instrument(app)  # the global provider: a no-op without an SDK
+    elif tracing_on:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        tracing.instrument(app, provider)
+    if metrics:
+        prometheus.record(app, CollectorRegistry())
+
+
 def report_trace(elapsed: float) -> None:
     for name, calls in TRACE.items():
         if calls:
@@ -63,6 +115,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--trace", action="store_true",
                         help="Count claims and outcome flushes, with their sizes and times.")
+    parser.add_argument("--metrics", action="store_true", help="Prometheus metrics on.")
+    parser.add_argument("--tracing", nargs="?", const="sdk", choices=["sdk", "api"],
+                        help="OpenTelemetry tracing on, with the SDK (or the API alone).")
+    parser.add_argument("--sampled", type=float, default=1.0,
+                        help="With --tracing: the fraction of jobs whose trace is sampled.")
     args = parser.parse_args()
     if args.trace:
         trace_round_trips()
@@ -72,6 +129,9 @@ def main() -> None:
             conn.execute(sql.SQL(batches.TABLES).format(**batches.tables(bench.schema)))
         bench.fill(args.jobs, _task_name(args.kind))
         app = bench_app(bench.dsn, bench.schema)
+        if args.tracing:
+            traced_by_requests(bench, args.sampled)
+        observe(app, args.metrics, args.tracing)
         if args.kind.endswith("_tx") or args.kind == "tx_effect_own":
             _open_pools(bench.dsn, args.concurrency)
 

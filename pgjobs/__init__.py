@@ -37,6 +37,7 @@ from .core.errors import (
     UnsupportedConnection,
     ValidationError,
 )
+from .core.hooks import EnqueueCall, EventKind, JobEvent, Probe
 from .core.options import JobOptions
 from .core.types import BatchStatus, Enqueued, JobChange
 from .core.version import __version__
@@ -54,17 +55,21 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "DuplicateJob",
+    "EnqueueCall",
     "Enqueued",
+    "EventKind",
     "InvalidArgs",
     "InvalidName",
     "InvalidOption",
     "JobChange",
     "JobContext",
+    "JobEvent",
     "JobOptions",
     "JobTimeout",
     "LeaseLost",
     "MissingDatabaseURL",
     "PgJobsError",
+    "Probe",
     "Retry",
     "SchemaNotReady",
     "Snooze",

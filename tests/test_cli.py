@@ -298,11 +298,12 @@ def test_a_supervised_process_gets_every_worker_option_back() -> None:
 def test_every_worker_setting_is_an_option_with_its_default_help_and_env_twin() -> None:
     from dataclasses import fields
 
+    from pgjobs.ops.cli.common import Logs
     from pgjobs.ops.cli.worker import Process, worker
     from pgjobs.ops.settings import build, field_docs
 
     by_name = {p.name: p for p in worker.params if isinstance(p, click.Option)}
-    for cls in (pgjobs.WorkerConfig, Process):
+    for cls in (pgjobs.WorkerConfig, Process, Logs):
         docs = field_docs(cls)
         for item in fields(cls):
             option = by_name[item.name]

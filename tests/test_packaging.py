@@ -1,5 +1,6 @@
 """The built wheel works on its own: migrations inside it, the `pgjobs` command installed,
-run from a folder outside the checkout in a virtualenv of its own."""
+run from a folder outside the checkout in a virtualenv of its own; its observability
+extras install cleanly into it."""
 
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def test_the_wheel_installs_and_migrates_outside_the_checkout(
     assert done.stdout.split() == ["False", "False"], done.stderr
     follow_django_docs(venv, wheel, databases.create(migrated=False),
                        tmp_path_factory.mktemp("djangoproject"))
+    check_observability_extras(venv, wheel, elsewhere)
 
 
 def follow_django_docs(venv: Path, wheel: Path, dsn: str, project: Path) -> None:
@@ -152,3 +154,23 @@ def follow_django_docs(venv: Path, wheel: Path, dsn: str, project: Path) -> None
             assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
             output = done.stdout
     assert output.strip().splitlines()[-1] == "True 42"
+
+
+OBSERVABILITY = (
+    "import importlib.util as u, pgjobs.observability.prometheus, "
+    "pgjobs.observability.exporter, pgjobs.observability.tracing; "
+    "print(u.find_spec('opentelemetry.sdk') is None)"
+)
+
+
+def check_observability_extras(venv: Path, wheel: Path, elsewhere: Path) -> None:
+    """Without the extras, their commands name the extra to install; with them (into
+    the same fresh virtualenv), every observability module imports, and the otel
+    extra brings the OpenTelemetry API only, never the SDK."""
+    done = run_installed(venv, "pgjobs", "--dsn", "postgresql://nowhere/x", "exporter",
+                         cwd=elsewhere)
+    assert done.returncode == 1 and "pip install 'pgjobs[prometheus]'" in done.stderr
+    pip_install(venv, f"{wheel}[prometheus,otel]")
+    done = run_installed(venv, "python", "-c", OBSERVABILITY, cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

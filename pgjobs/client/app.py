@@ -14,6 +14,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ..core.errors import ConfigurationError, InvalidOption, MissingDatabaseURL, UnknownTask
+from ..core.hooks import EventKind, Hooks, Listener, Phase
 from ..core.limits import KeyLimit
 from ..core.names import check_task_name
 from ..core.options import JobOptions
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+M = TypeVar("M", bound=Callable[..., Any])
 AnyConnection = psycopg.Connection[Any]
 AnyAsyncConnection = psycopg.AsyncConnection[Any]
 
@@ -56,6 +58,8 @@ class App:
         self.queries = Queries(schema)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
+        self.hooks = Hooks()
+        """Registered middleware, event listeners and probes (see :meth:`middleware`)."""
         self._lock = threading.Lock()
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
@@ -161,6 +165,39 @@ class App:
             )
         self.schedules[entry.name] = entry
         return entry
+
+    # -- extension points --------------------------------------------------------------
+
+    def middleware(self, phase: Phase) -> Callable[[M], M]:
+        """Register a middleware around every ``"enqueue"`` or every ``"execute"``.
+
+        ``mw(call_next, subject)`` calls ``call_next()`` once and returns its result; the
+        subject is an :class:`pgjobs.EnqueueCall` (task, queue, args, and a ``meta``
+        dict stored with the jobs) or the running job's :class:`pgjobs.JobContext`. A
+        plain ``def`` wraps sync enqueues and sync handlers (in the handler's thread);
+        an ``async def`` wraps ``enqueue_async`` and async handlers (on the worker's
+        loop): register one of each to wrap both. The first registered is outermost.
+        A middleware that raises, or does not call ``call_next``, is logged and the
+        enqueue or handler runs anyway; its result or exception is never replaced.
+        Register before the worker starts. See docs/observability.md.
+        """
+
+        def register(middleware: M) -> M:
+            return self.hooks.add_middleware(phase, middleware)
+
+        return register
+
+    def on(self, *kinds: EventKind) -> Callable[[Listener], Listener]:
+        """Register a plain function called with a :class:`pgjobs.JobEvent` at each of
+        ``kinds``: enqueued, started, succeeded, retried, died, cancelled, snoozed,
+        released, lease_lost, expired, reclaimed. It runs where the event happens (the
+        enqueuing thread, the worker's event loop): keep it quick. One that raises is
+        logged and changes nothing."""
+
+        def register(listener: Listener) -> Listener:
+            return self.hooks.add_listener(kinds, listener)
+
+        return register
 
     def task(self, name: str, **options: Any) -> Task[..., Any]:
         """The task called ``name``: the registered one, or a reference for producers that

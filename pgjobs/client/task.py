@@ -8,11 +8,14 @@ hands the rows to the database layer (``db.enqueue``), which writes them.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ..core.args import ArgsEncoder
-from ..core.errors import ConfigurationError, UnknownTask
+from ..core.errors import ConfigurationError, InvalidOption, UnknownTask
+from ..core.hooks import EnqueueCall, Hooks, JobEvent, acall_through, call_through
 from ..core.limits import NO_KEY_LIMIT, KeyLimit
 from ..core.options import JobOptions, unique_key
 from ..core.types import Enqueued
@@ -30,10 +33,11 @@ R = TypeVar("R")
 
 
 class Host(Protocol):
-    """What a task needs of its App: settings, statements, and reliable push."""
+    """What a task needs of its App: settings, statements, hooks and reliable push."""
 
     config: Config
     queries: Queries
+    hooks: Hooks
 
     def _push(self, statement: AnyStatement) -> list[Enqueued]: ...
 
@@ -91,43 +95,70 @@ class Task(Generic[P, R]):
         docs/django.md). Without ``conn``, the job commits in a short transaction of the
         app's pool, retried across connection failures without ever enqueueing twice.
         """
-        statement = self._statement([kwargs])
-        psycopg_conn = sync_connection(conn)
-        if psycopg_conn is None:
-            return self.app._push(statement)[0]
-        return statement.run(psycopg_conn)[0]
+        return self._send(conn, [kwargs])[0]
 
     def enqueue_many(
         self, conn: ConnectionLike | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
         """Enqueue one job per mapping in ``rows`` with one statement; results in order.
         ``conn`` as in :meth:`enqueue`."""
-        statement = self._statement(list(rows))
-        if not statement.size:
-            return []
-        psycopg_conn = sync_connection(conn)
-        if psycopg_conn is None:
-            return self.app._push(statement)
-        return statement.run(psycopg_conn)
+        return self._send(conn, list(rows))
 
     async def enqueue_async(
         self, aconn: AsyncConnectionLike | None = None, /, **kwargs: Any
     ) -> Enqueued:
         """:meth:`enqueue` on a psycopg ``AsyncConnection`` or a SQLAlchemy
         ``AsyncSession`` / ``AsyncConnection`` (None: the app's async pool)."""
-        statement = self._statement([kwargs])
-        psycopg_conn = await async_connection(aconn)
-        if psycopg_conn is None:
-            return (await self.app._apush(statement))[0]
-        return (await statement.arun(psycopg_conn))[0]
+        return (await self._asend(aconn, [kwargs]))[0]
 
     async def enqueue_many_async(
         self, aconn: AsyncConnectionLike | None, rows: Iterable[Mapping[str, Any]]
     ) -> list[Enqueued]:
         """:meth:`enqueue_many` on what :meth:`enqueue_async` takes."""
-        statement = self._statement(list(rows))
-        if not statement.size:
+        return await self._asend(aconn, list(rows))
+
+    # Every enqueue: validate and encode (typed errors, before any SQL and before any
+    # middleware), then write, inside the app's enqueue middleware when it has some.
+
+    def _send(self, conn: ConnectionLike | None, rows: list[Mapping[str, Any]]
+              ) -> list[Enqueued]:
+        jobs = self.new_jobs(rows)
+        if not jobs.args:
             return []
+        hooks = self.app.hooks
+        if not hooks.enqueue and not hooks.wants("enqueued"):
+            return self._write(conn, jobs)
+        call = EnqueueCall(self.name, jobs.opts.queue, rows)
+        results = call_through(hooks.enqueue, lambda: self._write(conn, with_meta(jobs, call)),
+                               call, "enqueue")
+        announce(hooks, call, results)
+        return results
+
+    async def _asend(self, aconn: AsyncConnectionLike | None, rows: list[Mapping[str, Any]]
+                     ) -> list[Enqueued]:
+        jobs = self.new_jobs(rows)
+        if not jobs.args:
+            return []
+        hooks = self.app.hooks
+        if not hooks.enqueue_async and not hooks.wants("enqueued"):
+            return await self._awrite(aconn, jobs)
+        call = EnqueueCall(self.name, jobs.opts.queue, rows)
+        results = await acall_through(
+            hooks.enqueue_async, lambda: self._awrite(aconn, with_meta(jobs, call)), call,
+            "enqueue")
+        announce(hooks, call, results)
+        return results
+
+    def _write(self, conn: ConnectionLike | None, jobs: NewJobs) -> list[Enqueued]:
+        statement = enqueue.statement(self.app.queries, jobs)
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is None:
+            return self.app._push(statement)
+        return statement.run(psycopg_conn)
+
+    async def _awrite(self, aconn: AsyncConnectionLike | None, jobs: NewJobs
+                      ) -> list[Enqueued]:
+        statement = enqueue.statement(self.app.queries, jobs)
         psycopg_conn = await async_connection(aconn)
         if psycopg_conn is None:
             return await self.app._apush(statement)
@@ -154,8 +185,28 @@ class Task(Generic[P, R]):
             unique_keys=unique_keys, channel=config.channel if config.notify else None,
         )
 
-    def _statement(self, rows: list[Mapping[str, Any]]) -> AnyStatement:
-        return enqueue.statement(self.app.queries, self.new_jobs(rows))
+
+
+def with_meta(jobs: NewJobs, call: EnqueueCall) -> NewJobs:
+    """``jobs`` carrying the meta enqueue middleware stored in ``call`` (JSON)."""
+    if not call.meta:
+        return jobs
+    try:
+        meta = json.dumps(call.meta, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidOption(f"the meta enqueue middleware stored for {jobs.task} is not "
+                            f"JSON ({exc}); store plain str, int, float, bool, list, "
+                            "dict") from None
+    return replace(jobs, meta=meta)
+
+
+def announce(hooks: Hooks, call: EnqueueCall, results: list[Enqueued]) -> None:
+    """Tell the ``enqueued`` listeners about each new job (not the duplicates)."""
+    if hooks.wants("enqueued"):
+        for result in results:
+            if not result.duplicate:
+                hooks.emit(JobEvent("enqueued", result.id, call.task, call.queue, 0,
+                                    "available", meta=call.meta))
 
 
 def encoder_for(max_bytes: int | None, name: str, fn: Callable[..., Any] | None) -> ArgsEncoder:

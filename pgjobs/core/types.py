@@ -79,3 +79,16 @@ class ClaimedJob:
     recoveries: int
     batch_id: int | None
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SweptJob:
+    """A job a maintenance step changed (reclaimed from a lost worker, or expired)."""
+
+    id: int
+    task: str
+    queue: str
+    attempt: int
+    state: str
+    """Its state now: ``available`` or ``dead`` after a reclaim, ``expired``."""
+    meta: dict[str, Any]

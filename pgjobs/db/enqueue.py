@@ -40,7 +40,7 @@ at 500 rows, about 1.2x faster at 10,000."""
 # Column types of job_copy, in order. args goes as jsonb's binary form (a version byte,
 # then the JSON text), declared bytea so that the driver sends those bytes untouched.
 COPY_TYPES = ("int8", "text", "text", "bytea", "int2", "int4", "timestamptz", "timestamptz",
-              "int8", "text", "int4", "int4", "interval")
+              "int8", "text", "int4", "int4", "interval", "bytea")
 JSONB_VERSION = b"\x01"
 
 RESOLVE_TRIES = 5
@@ -65,6 +65,8 @@ class NewJobs:
     """Each job's unique key (unique enqueues only)."""
     channel: str | None = None
     """Where to NOTIFY workers when the jobs commit (None: nobody)."""
+    meta: str | None = None
+    """Every job's ``meta``, as JSON text (None: empty), from enqueue middleware."""
 
     def __len__(self) -> int:
         return len(self.args)
@@ -78,7 +80,8 @@ class NewJobs:
 
 
 def job_params(task: str, opts: JobOptions, args: str, channel: str | None,
-               limits: Mapping[str, Any] = NO_KEY_LIMIT) -> dict[str, Any]:
+               limits: Mapping[str, Any] = NO_KEY_LIMIT, meta: str | None = None
+               ) -> dict[str, Any]:
     """Parameters of ``job_insert`` for one job (times relative to the database clock);
     ``limits`` are the per-key limit columns (``KeyLimit.columns``)."""
     return {
@@ -93,6 +96,7 @@ def job_params(task: str, opts: JobOptions, args: str, channel: str | None,
         "expires_at": opts.expires_at,
         "expires_in": opts.expires_in,
         "channel": channel,
+        "meta": meta,
     }
 
 
@@ -106,13 +110,14 @@ def statement(q: Queries, jobs: NewJobs, copy: bool = True) -> AnyStatement:
         for index, args in enumerate(jobs.args):
             key = None if jobs.unique_keys is None else jobs.unique_keys[index]
             special.add(jobs.task, opts, args, key, jobs.limits(index))
-        params = special.params(jobs.channel, q.sequence, opts.batch_id)
+        params = special.params(jobs.channel, q.sequence, opts.batch_id, jobs.meta)
         return Statement(q, jobs, q.job_insert_special, params, special.results,
                          special.input_keys, special)
     if len(jobs) == 1:
-        params = job_params(jobs.task, opts, jobs.args[0], jobs.channel, jobs.limits(0))
+        params = job_params(jobs.task, opts, jobs.args[0], jobs.channel, jobs.limits(0),
+                            jobs.meta)
         return Statement(q, jobs, q.job_insert, params, without_results)
-    params = job_params(jobs.task, opts, "", jobs.channel, jobs.shared_limits)
+    params = job_params(jobs.task, opts, "", jobs.channel, jobs.shared_limits, jobs.meta)
     params["rows"] = many_rows(jobs.args, jobs.keys)
     return Statement(q, jobs, q.job_insert_many, params, without_results)
 
@@ -205,11 +210,12 @@ class SpecialRows:
         subset.slots.extend((n, False) for n in range(len(indices)))
         return subset
 
-    def params(self, channel: str | None, sequence: str, batch_id: int | None) -> dict[str, Any]:
+    def params(self, channel: str | None, sequence: str, batch_id: int | None,
+               meta: str | None) -> dict[str, Any]:
         params = self.rows.params(channel)
         params.update(
             unique_key=self.unique_key, unique_for=self.unique_for,
-            unique_until=self.unique_until, sequence=sequence, batch_id=batch_id,
+            unique_until=self.unique_until, sequence=sequence, batch_id=batch_id, meta=meta,
         )
         return params
 
@@ -299,7 +305,8 @@ class Statement:
         """The statement that enqueues the sent rows ``missing`` again."""
         assert self.special is not None
         subset = self.special.only(missing)
-        params = subset.params(self.params["channel"], self.q.sequence, self.jobs.opts.batch_id)
+        params = subset.params(self.params["channel"], self.q.sequence, self.jobs.opts.batch_id,
+                               self.jobs.meta)
         return replace(self, params=params, special=subset)
 
     @staticmethod
@@ -382,10 +389,11 @@ class CopyStatement:
         shared = jobs.shared_limits
         limited = (shared["concurrency_limit"], shared["rate_limit"], shared["rate_period"])
         unlimited = (None, None, None)
+        meta = JSONB_VERSION + (jobs.meta or "{}").encode()
         keys = jobs.keys if jobs.keys is not None else repeat(None)
         for job_id, args, key in zip(ids, jobs.args, keys, strict=False):
             yield (job_id, *head, JSONB_VERSION + args.encode(), *tail, key,
-                   *(unlimited if key is None else limited))
+                   *(unlimited if key is None else limited), meta)
 
 
 AnyStatement = Statement | CopyStatement

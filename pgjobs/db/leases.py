@@ -23,8 +23,9 @@ from ..core.outcomes import (
     SUCCEEDED,
     Outcome,
 )
+from ..core.types import SweptJob
 from .queries import Queries
-from .statement import Query, Rows, column, every, first
+from .statement import Query, Rows, every, first, named
 
 # (state, delay seconds, attempt refund, error, result JSON text, meta)
 Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
@@ -90,15 +91,15 @@ def heartbeat(q: Queries, ids: Sequence[int], tokens: Sequence[Any], lease: time
 
 
 def reclaim(q: Queries, budget: int, channel: str, limit: int = 1000
-            ) -> Query[list[tuple[int, str]]]:
-    """Take back running jobs whose lease expired: (id, new state) of each."""
+            ) -> Query[list[SweptJob]]:
+    """Take back running jobs whose lease expired (each with its new state)."""
     params = {"limit": limit, "budget": budget, "channel": channel}
-    return Query(q.job_reclaim, params, every, schema=q.schema)
+    return Query(q.job_reclaim, params, every, named(SweptJob), schema=q.schema)
 
 
-def expire(q: Queries, limit: int = 1000) -> Query[list[int]]:
-    """Mark available jobs past their ``expires_at`` expired; their ids."""
-    return Query(q.job_expire, {"limit": limit}, column, schema=q.schema)
+def expire(q: Queries, limit: int = 1000) -> Query[list[SweptJob]]:
+    """Mark available jobs past their ``expires_at`` expired."""
+    return Query(q.job_expire, {"limit": limit}, every, named(SweptJob), schema=q.schema)
 
 
 def _nothing(rows: Rows, count: int) -> None:

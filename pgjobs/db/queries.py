@@ -72,6 +72,7 @@ class Queries:
     status_tables: sql.SQL
     status_horizon: sql.SQL
     status_now: sql.SQL
+    status_gauges: sql.SQL
     job_get: sql.SQL
     job_list: sql.SQL
     job_cancel: sql.SQL

@@ -1,13 +1,15 @@
 """What ``pgjobs status`` reads: per-queue counts, workers, table health, the xmin
-horizon's holders, and the database's clock (one short statement each, autocommit)."""
+horizon's holders, and the database's clock (one short statement each, autocommit); and
+what ``pgjobs exporter`` reads: the queue-wide gauges, in one statement."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .queries import Queries
-from .statement import Query, every, records, scalar
+from .statement import Query, every, named, records, scalar
 
 Records = Query[list[dict[str, Any]]]
 
@@ -37,3 +39,17 @@ def horizon(q: Queries) -> Records:
     """What holds back vacuum's horizon: kind, name, application_name, state, user, age,
     xmin_age, query."""
     return Query(q.status_horizon, None, every, records, schema=q.schema)
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeRow:
+    """One value of one gauge (``db.sql.status.status_gauges`` says which)."""
+
+    metric: str
+    queue: str | None
+    state: str | None
+    value: float
+
+
+def gauges(q: Queries) -> Query[list[GaugeRow]]:
+    return Query(q.status_gauges, None, every, named(GaugeRow), schema=q.schema)

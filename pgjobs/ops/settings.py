@@ -91,12 +91,13 @@ class Duration(click.ParamType[float | None]):
         return f"{seconds:g}s"
 
 
-def _option(cls: type, item: Field[Any], hints: dict[str, Any], help_text: str
-            ) -> Callable[[FC], FC]:
+def _option(cls: type, item: Field[Any], hints: dict[str, Any], help_text: str,
+            env_prefix: str) -> Callable[[FC], FC]:
     name, hint = item.name, hints[item.name]
     default = item.default if item.default is not MISSING else None
     args = set(typing.get_args(hint))
-    common: dict[str, Any] = {"envvar": envvar(name), "show_envvar": True, "help": help_text}
+    common: dict[str, Any] = {"envvar": envvar(env_prefix + name), "show_envvar": True,
+                              "help": help_text}
     if hint is bool:
         if default:
             return click.option(f"{flag(name)}/--no-{name.replace('_', '-')}", name,
@@ -115,15 +116,18 @@ def _option(cls: type, item: Field[Any], hints: dict[str, Any], help_text: str
                         show_default=default is not None, **common)
 
 
-def options(cls: type, names: Iterable[str] | None = None) -> Callable[[FC], FC]:
-    """Decorate a click command with one option per field of ``cls`` (or of ``names``)."""
+def options(cls: type, names: Iterable[str] | None = None, env_prefix: str = ""
+            ) -> Callable[[FC], FC]:
+    """Decorate a click command with one option per field of ``cls`` (or of ``names``);
+    ``env_prefix`` goes between ``PGJOBS_`` and the field's name in the environment twin
+    (``exporter_``: ``--port`` is ``PGJOBS_EXPORTER_PORT``, not a generic ``PGJOBS_PORT``)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     chosen = [f for f in fields(cls) if names is None or f.name in set(names)]
 
     def decorate(command: FC) -> FC:
         for item in reversed(chosen):
-            command = _option(cls, item, hints, docs.get(item.name, ""))(command)
+            command = _option(cls, item, hints, docs.get(item.name, ""), env_prefix)(command)
         return command
 
     return decorate

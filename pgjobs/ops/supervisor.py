@@ -14,7 +14,11 @@ itself; it only starts, watches and signals its children:
   drops, and no job is lost or run twice (the old child finishes or releases what it
   holds). A replacement that exits or fails to register in time aborts the rolling
   restart and the old children keep running: a broken deploy does not take the fleet down;
-- SIGTSTP is forwarded (quiet: no new claims).
+- SIGTSTP is forwarded (quiet: no new claims);
+- with ``--metrics-port``, the supervisor serves the metrics of all its children on that
+  port: each child writes its values to a directory the supervisor owns (cleared at
+  start, removed at exit unless ``PROMETHEUS_MULTIPROC_DIR`` named it), and a child that
+  exits has its live gauges dropped.
 
 Children run in their own process group, so a terminal's Ctrl-C reaches the supervisor
 only (which then drains them once), and on Linux they receive SIGTERM should the
@@ -27,12 +31,14 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -50,6 +56,9 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 30.0
 """A child that ran this long before exiting resets the backoff."""
+METRICS_DIR_ENV = "PGJOBS_METRICS_DIR"
+"""Set by the supervisor for its children when it serves their metrics: they record
+metrics there (prometheus_client's multiprocess mode) and serve none themselves."""
 
 
 @dataclass(eq=False)
@@ -84,6 +93,8 @@ class SupervisorConfig:
     """Seconds a replacement gets to register during a rolling restart."""
     burst: bool = False
     """Children exit 0 when the queue is empty; do not restart them then."""
+    metrics: tuple[str, int] | None = None
+    """(host, port) to serve the children's Prometheus metrics on (None: no metrics)."""
 
 
 class Supervisor:
@@ -105,6 +116,7 @@ class Supervisor:
         self.exit_code = 0
         self.done = [False] * config.processes
         self._conn: psycopg.Connection[Any] | None = None
+        self.metrics = Metrics(config) if config.metrics else None
 
     # -- signals -------------------------------------------------------------------------
 
@@ -126,16 +138,22 @@ class Supervisor:
         signal.signal(signal.SIGTSTP, self._on_tstp)
         log.info("pgjobs supervisor pid=%s: starting %d worker process(es)",
                  os.getpid(), self.config.processes)
+        if self.metrics is not None:
+            self.metrics.start()
         for slot in range(self.config.processes):
             self.slots[slot] = self._spawn(slot)
         try:
             while self._step():
+                if self.metrics is not None:
+                    self.metrics.sweep()
                 time.sleep(TICK)
         finally:
             for child in self._children():
                 child.signal(signal.SIGKILL)
             if self._conn is not None:
                 self._conn.close()
+            if self.metrics is not None:
+                self.metrics.stop()
         log.info("pgjobs supervisor stopped")
         return self.exit_code
 
@@ -168,7 +186,10 @@ class Supervisor:
             preexec_fn=_die_with_parent,
         )
         log.info("started worker process pid=%s (slot %d)", proc.pid, slot + 1)
-        return Child(proc, slot, after)
+        child = Child(proc, slot, after)
+        if self.metrics is not None:
+            self.metrics.children.append(child)
+        return child
 
     def _forward_stop(self) -> None:
         first = self.stops_forwarded == 0
@@ -312,6 +333,45 @@ class Supervisor:
         except (psycopg.Error, SchemaNotReady) as exc:
             log.warning("supervisor cannot read workers (%s); will retry", exc)
             self._conn = None
+
+
+class Metrics:
+    """The children's metrics: their directory, and the port that serves their sum."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        assert config.metrics is not None
+        self.host, self.port = config.metrics
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.owned = not given
+        self.folder = given or tempfile.mkdtemp(prefix="pgjobs-metrics-")
+        # prometheus_client reads the variable when a child imports it: set before exec.
+        config.env.update({"PROMETHEUS_MULTIPROC_DIR": self.folder,
+                           METRICS_DIR_ENV: self.folder})
+        self.children: list[Child] = []
+        self._stop: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        from ..observability import prometheus
+
+        os.makedirs(self.folder, exist_ok=True)
+        prometheus.clear(self.folder)
+        registry = prometheus.multiprocess_registry(self.folder)
+        self._stop = prometheus.serve(self.port, self.host, registry)
+        log.info("serving the metrics of every worker process on %s:%s", self.host, self.port)
+
+    def sweep(self) -> None:
+        """Drop the live gauges of children that exited (crashed, drained, replaced)."""
+        from ..observability import prometheus
+
+        for child in [c for c in self.children if c.proc.poll() is not None]:
+            prometheus.process_gone(child.pid, self.folder)
+            self.children.remove(child)
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+        if self.owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _load_prctl() -> Any:

@@ -159,7 +159,12 @@ class Claimer:
             query = claim.claim(self.queries, statement, self.queues, limit, self.lease,
                                 self.worker_id)
             jobs = await query.arun(conn)
-            self.ahead.claimed(time.monotonic() - sent)
+            took = time.monotonic() - sent
+            self.ahead.claimed(took)
+            if self.slots.probes:
+                for probe in self.slots.probes:
+                    probe.claimed(len(jobs), took)
+                self.slots.occupancy()
         except TRANSIENT as exc:
             await self.connector.backoff(exc)
             return None

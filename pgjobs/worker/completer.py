@@ -27,6 +27,8 @@ log = logging.getLogger("pgjobs.worker")
 class Pending:
     ctx: JobContext
     outcome: Outcome
+    duration: float | None = None
+    """Seconds its handler ran (None: handed back unstarted)."""
 
 
 class Completer:
@@ -47,8 +49,8 @@ class Completer:
         self.idle.set()
         self.lease_lost = 0
 
-    def submit(self, ctx: JobContext, outcome: Outcome) -> None:
-        self.buffer.append(Pending(ctx, outcome))
+    def submit(self, ctx: JobContext, outcome: Outcome, duration: float | None = None) -> None:
+        self.buffer.append(Pending(ctx, outcome, duration))
         self.idle.clear()
         self.wake.set()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -94,6 +95,13 @@ class JobContext:
     @property
     def recoveries(self) -> int:
         return self.job.recoveries
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """The job's ``meta`` when it was claimed, read-only: pgjobs' own keys (``batch``,
+        ``periodic``, ``snoozed``, ``trace``, ...) and what enqueue middleware stored
+        (``EnqueueCall.meta``)."""
+        return MappingProxyType(self.job.meta)
 
     @property
     def batch_id(self) -> int | None:

@@ -1,6 +1,7 @@
 """Running one claimed job: a short pipeline of named steps that ends in one Outcome.
 
-    resolve_task -> invoke (async on the loop, sync on the thread pool, with timeout)
+    resolve_task -> invoke (async on the loop, sync on the thread pool, with timeout;
+                            inside the app's execute middleware, when it has some)
                  -> classify (return value or exception -> Outcome)
 
 The outcome is written by the completer (``db.leases.outcome_row`` maps it to a row).
@@ -12,13 +13,14 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.args import Undecodable, encode_result
 from ..core.control import Cancel, Snooze
 from ..core.errors import InvalidArgs, JobTimeout, LeaseLost, UnknownTask
+from ..core.hooks import Hooks, acall_through, call_through
 from ..core.outcomes import (
     CANCELLED,
     LEASE_LOST,
@@ -46,8 +48,10 @@ def check_args(job: ClaimedJob) -> None:
 class Executor:
     """Runs claimed jobs of one app; sync handlers on a bounded thread pool."""
 
-    def __init__(self, tasks: Mapping[str, Handler], threads: int) -> None:
+    def __init__(self, tasks: Mapping[str, Handler], threads: int,
+                 hooks: Hooks | None = None) -> None:
         self.tasks = tasks
+        self.hooks = hooks or Hooks()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pgjobs-job")
 
     async def execute(self, job: ClaimedJob, ctx: JobContext) -> Outcome:
@@ -90,35 +94,49 @@ class Executor:
     async def invoke(self, task: Handler, job: ClaimedJob, ctx: JobContext) -> Any:
         token = _current.set(ctx)
         try:
-            fn = task.fn
-            assert fn is not None
-            if task.is_async:
-                if task.timeout is None:
-                    return await fn(**job.args)
-                limit = asyncio.timeout(task.timeout)
-                try:
-                    async with limit:
-                        return await fn(**job.args)
-                except TimeoutError:
-                    if limit.expired():
-                        raise JobTimeout(f"timed out after {task.timeout} s") from None
-                    raise  # the handler's own TimeoutError
-            call = functools.partial(contextvars.copy_context().run, fn, **job.args)
-            future = asyncio.get_running_loop().run_in_executor(self.pool, call)
-            if task.timeout is None:
-                return await asyncio.shield(future)
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), task.timeout)
-            except TimeoutError:
-                # A thread cannot be killed: ask it to stop, keep its slot until it
-                # returns, and record the timeout whatever it returns.
-                ctx.stop_event.set()
-                await asyncio.shield(future)
-                raise JobTimeout(
-                    f"timed out after {task.timeout} s (sync handler ran to completion)"
-                ) from None
+            if not task.is_async:
+                return await self.invoke_sync(task, job, ctx)
+            chain = self.hooks.execute_async
+            if task.timeout is None and not chain:
+                return await handler(task)(**job.args)  # the common case, at no extra cost
+            return await self.invoke_async(task, job, ctx, chain)
         finally:
             _current.reset(token)
+
+    async def invoke_async(self, task: Handler, job: ClaimedJob, ctx: JobContext,
+                           chain: list[Callable[..., Any]]) -> Any:
+        """On the loop, inside the async execute middleware; the timeout covers both."""
+        call = functools.partial(handler(task), **job.args)
+        if task.timeout is None:
+            return await acall_through(chain, call, ctx, "execute")
+        limit = asyncio.timeout(task.timeout)
+        try:
+            async with limit:
+                return await acall_through(chain, call, ctx, "execute")
+        except TimeoutError:
+            if limit.expired():
+                raise JobTimeout(f"timed out after {task.timeout} s") from None
+            raise  # the handler's own TimeoutError
+
+    async def invoke_sync(self, task: Handler, job: ClaimedJob, ctx: JobContext) -> Any:
+        """In a thread, inside the sync execute middleware (in that thread too)."""
+        call = functools.partial(handler(task), **job.args)
+        if self.hooks.execute:
+            call = functools.partial(call_through, self.hooks.execute, call, ctx, "execute")
+        future = asyncio.get_running_loop().run_in_executor(
+            self.pool, contextvars.copy_context().run, call)
+        if task.timeout is None:
+            return await asyncio.shield(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), task.timeout)
+        except TimeoutError:
+            # A thread cannot be killed: ask it to stop, keep its slot until it
+            # returns, and record the timeout whatever it returns.
+            ctx.stop_event.set()
+            await asyncio.shield(future)
+            raise JobTimeout(
+                f"timed out after {task.timeout} s (sync handler ran to completion)"
+            ) from None
 
     @staticmethod
     def interrupted(job: ClaimedJob, ctx: JobContext) -> Outcome:
@@ -128,6 +146,12 @@ class Executor:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def handler(task: Handler) -> Callable[..., Any]:
+    fn = task.fn
+    assert fn is not None  # resolve_task refuses a task without one
+    return fn
 
 
 def elapsed_ms(start: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from ..core.hooks import Hooks
 from ..core.limits import KeyLimit
 from ..core.options import JobOptions
 from ..core.schedule import Schedule
@@ -54,7 +55,8 @@ class Settings(Protocol):
 
 
 class Host(Protocol):
-    """An application the worker can run: its database, statements, tasks, schedules."""
+    """An application the worker can run: its database, statements, tasks, schedules,
+    and the middleware, listeners and probes registered on it (``hooks``)."""
 
     @property
     def config(self) -> Settings: ...
@@ -73,3 +75,6 @@ class Host(Protocol):
 
     @property
     def schedules(self) -> Mapping[str, Schedule]: ...
+
+    @property
+    def hooks(self) -> Hooks: ...

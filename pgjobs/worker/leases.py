@@ -49,17 +49,28 @@ class Heartbeat:
                     conn = await self.connector.get()
                     answered = await query.arun(conn)  # renewed, or busy (locked by its tx)
             except TimeoutError:
+                self.failed(len(held))
                 await self.connector.backoff(TimeoutError(f"no reply within {timeout:.1f} s"))
                 continue
             except TRANSIENT as exc:
+                self.failed(len(held))
                 await self.connector.backoff(exc)
                 continue
             renewed_at = sent
             self.arm(sent)
-            for ctx in held:
-                token = ctx.job.lease_token
-                if token not in answered and token in self.slots.leases and not ctx.completed:
-                    self.slots.lease_lost(ctx)
+            if self.slots.probes:
+                self.slots.occupancy()
+            lost = [ctx for ctx in held if ctx.job.lease_token not in answered
+                    and ctx.job.lease_token in self.slots.leases and not ctx.completed]
+            for ctx in lost:
+                self.slots.lease_lost(ctx)
+            self.failed(len(lost))
+
+    def failed(self, leases: int) -> None:
+        """``leases`` were not renewed (for the probes; a lease lost is logged apart)."""
+        if leases:
+            for probe in self.slots.probes:
+                probe.renewals_failed(leases)
 
     def arm(self, renewed_at: float) -> None:
         """Stop every held job ``lease`` seconds after the last heartbeat that was sent

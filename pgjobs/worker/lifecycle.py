@@ -69,11 +69,12 @@ class Worker:
                                       generic_plans=True)
         self.summary = Summary(config.summary_interval)
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
-        self.executor = Executor(app.tasks, threads=config.concurrency)
+        self.executor = Executor(app.tasks, threads=config.concurrency, hooks=app.hooks)
         self.completer = Completer(self.dbs["complete"], queries, self._written)
         self.pools = TransactionPools(dsn, config.concurrency, app.config.prepare_threshold)
         self.slots = Slots(config.concurrency, self.executor, self.completer, queries,
-                           app.tasks, self.summary, self._poke, self.ahead.ran, self.pools)
+                           app.tasks, self.summary, self._poke, self.ahead.ran, app.hooks,
+                           self.pools)
         keyed = any(t.limit is not None and t.opts.queue in self.queues
                     for t in app.tasks.values())
         router = ClaimRouter(queries, self.queues, keyed=keyed)
@@ -146,7 +147,8 @@ class Worker:
         """Run until stopped; return the count of outcomes by kind."""
         try:
             await self._check_schema()
-            self.worker_id = self.claimer.worker_id = await self._register()
+            self.worker_id = self.claimer.worker_id = self.slots.worker_id = (
+                await self._register())
         except WorkerStopped as exc:
             log.warning("pgjobs worker: %s", exc)
             await self._close()
@@ -158,8 +160,10 @@ class Worker:
         log.info(
             "pgjobs worker %s started: queues=%s concurrency=%s lease=%ss burst=%s pid=%s",
             self.worker_id, ",".join(self.queues), config.concurrency, config.lease,
-            config.burst, os.getpid(),
+            config.burst, os.getpid(), extra={"worker_id": self.worker_id},
         )
+        if self.slots.probes:
+            self.slots.occupancy()
         # One pass before the first claim: lost jobs come back and expired ones end
         # before anything is claimed (and burst runs see a settled queue).
         await self.maintenance.run_due()
@@ -220,7 +224,8 @@ class Worker:
         await asyncio.gather(*background, return_exceptions=True)
         await self._close()
         self.summary.flush(self.summary.clock(), 0)
-        log.info("pgjobs worker %s stopped: %s", self.worker_id, dict(self.stats))
+        log.info("pgjobs worker %s stopped: %s", self.worker_id, dict(self.stats),
+                 extra={"worker_id": self.worker_id})
 
     async def _close(self) -> None:
         self.heartbeat.cancel()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..core import failpoints
+from ..core.hooks import OUTCOME_EVENT, STATE_AFTER, EventKind, Hooks, JobEvent
 from ..core.outcomes import RELEASED, Outcome, default_backoff, failure
 from ..core.types import ClaimedJob
 from ..db.queries import Queries
@@ -33,7 +34,7 @@ class Slots:
     def __init__(self, concurrency: int, executor: Executor, completer: Completer,
                  queries: Queries, tasks: Mapping[str, Handler], summary: Summary,
                  on_finished: Callable[[], None], on_ran: Callable[[float], None],
-                 pools: TransactionPools | None = None) -> None:
+                 hooks: Hooks, pools: TransactionPools | None = None) -> None:
         self.concurrency = concurrency
         self.executor = executor
         self.completer = completer
@@ -48,6 +49,9 @@ class Slots:
         self.leases: dict[Any, JobContext] = {}
         self.stats: Counter[str] = Counter()
         self.stopping = False
+        self.hooks = hooks
+        self.probes = hooks.probes
+        self.worker_id: int | None = None
 
     @property
     def held(self) -> int:
@@ -86,6 +90,8 @@ class Slots:
             self.running[ctx.job.lease_token] = (ctx, task)
 
     async def _run(self, ctx: JobContext) -> None:
+        if "started" in self.hooks.listeners:
+            self.report(ctx, "started")
         started = time.perf_counter()
         try:
             outcome = await self.executor.execute(ctx.job, ctx)
@@ -94,11 +100,12 @@ class Slots:
             log.exception("job %s: internal error, recorded as a failure", ctx.id)
         failpoints.hit("after_handler")
         self.running.pop(ctx.job.lease_token, None)
-        self.completer.submit(ctx, outcome)
+        ran = time.perf_counter() - started
+        self.completer.submit(ctx, outcome, ran)
         self.stats[outcome.kind] += 1
-        self.on_ran(time.perf_counter() - started)
-        job_line(OUTCOME_LEVEL.get(outcome.kind, logging.DEBUG), ctx.id, ctx.task, ctx.queue,
-                 ctx.attempt, outcome.kind, started)
+        self.on_ran(ran)
+        job_line(OUTCOME_LEVEL.get(outcome.kind, logging.DEBUG), ctx, outcome.kind, ran,
+                 self.worker_id)
         self.summary.count(outcome.kind, self.held)
         self.on_finished()
 
@@ -107,6 +114,29 @@ class Slots:
         for pending in batch:
             self.leases.pop(pending.ctx.job.lease_token, None)
         failpoints.hit("after_complete_commit")
+        if self.hooks.listeners:
+            for pending in batch:
+                if pending.duration is not None:  # started (else: handed back unstarted)
+                    lost = pending.ctx.lease_lost and not pending.ctx.completed
+                    kind = "lease_lost" if lost else OUTCOME_EVENT[pending.outcome.kind]
+                    self.report(pending.ctx, kind, pending.duration, pending.outcome.error)
+
+    def report(self, ctx: JobContext, kind: EventKind, duration: float | None = None,
+               error: Mapping[str, Any] | None = None) -> None:
+        """Tell ``kind``'s listeners, if any, about ``ctx``'s job."""
+        if self.hooks.wants(kind):
+            job = ctx.job
+            self.hooks.emit(JobEvent(kind, job.id, job.task, job.queue, job.attempt,
+                                     STATE_AFTER[kind], duration, error, job.meta,
+                                     self.worker_id))
+
+    def occupancy(self) -> None:
+        """Tell the probes how many handlers run and how many slots are free. Sampled
+        (at start, at each claim and each heartbeat), not sent at every change: two
+        calls per job would cost more than the gauge they feed is worth."""
+        running = len(self.running)
+        for probe in self.probes:
+            probe.occupancy(running, max(0, self.concurrency - running))
 
     def lease_lost(self, ctx: JobContext) -> None:
         """Another attempt may own the job now: stop this one (an async handler is

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..core.outcomes import DEAD, RETRY
+from .context import JobContext
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -44,10 +45,15 @@ class Summary:
         self.since = now
 
 
-def job_line(level: int, job_id: int, task: str, queue: str, attempt: int, kind: str,
-             started: float) -> None:
-    """One job's outcome, when ``level`` is enabled."""
+def job_line(level: int, ctx: JobContext, kind: str, seconds: float,
+             worker_id: int | None) -> None:
+    """One job's outcome, when ``level`` is enabled. Its fields also go in the record
+    (``record.job``), for structured formatters (``--log-format json``)."""
     if log.isEnabledFor(level):
+        duration_ms = round(seconds * 1000, 2)
+        fields = {"job_id": ctx.id, "task": ctx.task, "queue": ctx.queue,
+                  "attempt": ctx.attempt, "outcome": kind, "duration_ms": duration_ms,
+                  "worker_id": worker_id}
         log.log(level, "job id=%s task=%s queue=%s attempt=%s outcome=%s duration_ms=%s",
-                job_id, task, queue, attempt, kind,
-                round((time.perf_counter() - started) * 1000, 2))
+                ctx.id, ctx.task, ctx.queue, ctx.attempt, kind, duration_ms,
+                extra={"job": fields})

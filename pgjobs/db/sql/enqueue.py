@@ -17,11 +17,13 @@ from __future__ import annotations
 # False)) notifies nobody at all.
 job_insert = """
 INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
-                           concurrency_key, concurrency_limit, rate_limit, rate_period)
+                           concurrency_key, concurrency_limit, rate_limit, rate_period, meta)
 SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, t.run_at,
        -- expires_in counts from the job's run_at, as in Sidekiq
        coalesce(%(expires_at)s::timestamptz, t.run_at + %(expires_in)s::interval),
-       %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval
+       %(concurrency_key)s, %(concurrency_limit)s, %(rate_limit)s, %(rate_period)s::interval,
+       -- what enqueue middleware stored (a trace context, a tenant); NULL: none
+       coalesce(%(meta)s::jsonb, '{{}}')
 FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS run_at) t
 RETURNING id, CASE WHEN run_at <= now() AND %(channel)s::text IS NOT NULL
                   THEN pg_notify(%(channel)s, %(queue)s) END
@@ -38,11 +40,13 @@ WITH timed AS (
 ),
 jobs AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, run_at, expires_at,
-                               concurrency_key, concurrency_limit, rate_limit, rate_period)
+                               concurrency_key, concurrency_limit, rate_limit, rate_period,
+                               meta)
     SELECT %(queue)s, %(task)s, r.job->0, %(priority)s, %(max_attempts)s, timed.due,
            coalesce(%(expires_at)s::timestamptz, timed.due + %(expires_in)s::interval),
            -- a row without a key has no per-key limit at all
-           r.job->>1, limits.concurrency_limit, limits.rate_limit, limits.rate_period
+           r.job->>1, limits.concurrency_limit, limits.rate_limit, limits.rate_period,
+           coalesce(%(meta)s::jsonb, '{{}}')
     FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(job, ord)
     CROSS JOIN timed
     LEFT JOIN (SELECT %(concurrency_limit)s::integer AS concurrency_limit,
@@ -78,7 +82,8 @@ FROM (SELECT coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval) AS 
 
 job_copy = """
 COPY {schema}.jobs (id, queue, task, args, priority, max_attempts, run_at, expires_at,
-                    batch_id, concurrency_key, concurrency_limit, rate_limit, rate_period)
+                    batch_id, concurrency_key, concurrency_limit, rate_limit, rate_period,
+                    meta)
 FROM STDIN (FORMAT BINARY)
 """
 
@@ -155,11 +160,12 @@ winners AS (
 inserted AS (
     INSERT INTO {schema}.jobs
         (id, queue, task, args, priority, max_attempts, run_at, expires_at, unique_key, batch_id,
-         concurrency_key, concurrency_limit, rate_limit, rate_period)
+         concurrency_key, concurrency_limit, rate_limit, rate_period, meta)
     OVERRIDING SYSTEM VALUE
     SELECT new_id, queue, task, args, priority, max_attempts, due,
            coalesce(expires_at, due + expires_in), unique_key, %(batch_id)s::bigint,
-           concurrency_key, concurrency_limit, rate_limit, rate_period
+           concurrency_key, concurrency_limit, rate_limit, rate_period,
+           coalesce(%(meta)s::jsonb, '{{}}')
     FROM winners ORDER BY ord
     RETURNING id, queue, run_at
 ),

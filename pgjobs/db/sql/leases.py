@@ -135,14 +135,15 @@ reclaimed AS (
             'traceback', NULL))
     FROM lost
     WHERE job.id = lost.id
-    RETURNING job.id, job.state, job.queue
+    RETURNING job.id, job.state, job.queue, job.task, job.attempt, job.meta
 ),
 -- Recovered jobs wake idle workers of their queue, as a new job would.
 notified AS (
     SELECT pg_notify(%(channel)s, queue)
     FROM (SELECT DISTINCT queue FROM reclaimed WHERE state = 'available') q
 )
-SELECT id, state FROM reclaimed, (SELECT count(*) FROM notified) n
+-- task, queue, attempt and meta: for the worker's `reclaimed` events and metrics
+SELECT id, task, queue, attempt, state, meta FROM reclaimed, (SELECT count(*) FROM notified) n
 """
 
 # Marks available jobs whose expires_at has passed as expired (the claim already skips
@@ -159,5 +160,5 @@ WITH due AS (
 UPDATE {schema}.jobs AS job
 SET state = 'expired', finished_at = clock_timestamp()
 FROM due WHERE job.id = due.id
-RETURNING job.id
+RETURNING job.id, job.task, job.queue, job.attempt, job.state, job.meta
 """

@@ -3,16 +3,18 @@ a one-off connection, and plain-text tables."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
 import click
 import psycopg
 
-from ...core.errors import MissingDatabaseURL, PgJobsError
+from ...core.errors import ConfigurationError, MissingDatabaseURL, PgJobsError
 from ...core.names import check_queue
 
 
@@ -28,6 +30,22 @@ class Target:
         if not self.dsn_option:
             raise MissingDatabaseURL()
         return self.dsn_option
+
+
+@dataclass(frozen=True)
+class Logs:
+    """How a long-running command (worker, exporter) prints its log lines."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The lowest level of log lines printed."""
+    log_format: Literal["text", "json"] = "text"
+    """How log lines are printed: text, or json (one object per line, with job id, task,
+    queue, attempt, outcome, duration and worker id on each job's line)."""
+
+    def configure(self) -> None:
+        from ...observability import logs
+
+        logs.configure(self.log_level, self.log_format)
 
 
 def connect(obj: Target) -> psycopg.Connection[Any]:
@@ -61,3 +79,17 @@ def queue_name(name: str) -> str:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+EXTRAS = {"prometheus": "prometheus", "exporter": "prometheus", "tracing": "otel"}
+"""The extra each optional module of ``pgjobs.observability`` needs."""
+
+
+def optional(module: str, needed_by: str) -> ModuleType:
+    """``pgjobs.observability.<module>``, or an error naming the extra to install."""
+    try:
+        return importlib.import_module(f"pgjobs.observability.{module}")
+    except ImportError as exc:
+        extra = EXTRAS[module]
+        raise ConfigurationError(f"{needed_by} needs the {extra} extra ({exc}); install it: "
+                                 f"pip install 'pgjobs[{extra}]'") from exc

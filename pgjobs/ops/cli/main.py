@@ -15,6 +15,7 @@ from .bench import bench
 from .common import Target
 from .dashboard import dashboard
 from .dev import dev
+from .exporter import exporter
 from .jobs import jobs
 from .queues import periodic, queue
 from .roles import roles
@@ -89,7 +90,7 @@ def migrate(obj: Target, print_sql: bool, downgrade: str | None, start: str | No
         raise click.ClickException(f"migration failed: {exc}") from exc
 
 
-for command in (worker, bench, dashboard, dev, jobs, periodic, queue, roles, status):
+for command in (worker, bench, dashboard, dev, exporter, jobs, periodic, queue, roles, status):
     cli.add_command(command)
 
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any
 
 import click
 
@@ -25,8 +25,9 @@ from ...client.config import Config
 from ...core.errors import ConfigurationError
 from ...worker.config import WorkerConfig
 from ...worker.lifecycle import Worker
-from ..settings import Duration, build, options
-from .common import Target
+from .. import supervisor
+from ..settings import Duration, build, envvar, options
+from .common import Logs, Target, optional
 
 APP_SETTINGS = ("pgbouncer", "listen_dsn")
 
@@ -41,20 +42,28 @@ class Process:
     start_timeout: float = 60.0
     """With --processes: seconds a new process gets to register during a rolling restart
     before the restart is abandoned."""
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    """The lowest level of log lines printed."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics of this worker at /metrics on this port (needs
+    pgjobs[prometheus]). With --processes, the supervisor serves the sum of all its
+    processes on it. Default: no metrics."""
+    metrics_host: str = "0.0.0.0"
+    """The address --metrics-port listens on (0.0.0.0: every interface)."""
 
     def __post_init__(self) -> None:
         from ...core.errors import InvalidOption
 
         if self.processes is not None and self.processes < 1:
             raise InvalidOption(f"processes must be at least 1, not {self.processes!r}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise InvalidOption(f"metrics_port must be a TCP port (1 to 65535), not "
+                                f"{self.metrics_port!r}")
         if self.start_timeout < 1:
             raise InvalidOption(f"start_timeout must be at least 1 second, not "
                                 f"{self.start_timeout!r}")
 
 
-SUPERVISOR_ONLY = {"processes", "start_timeout", "help"}
+SUPERVISOR_ONLY = {"processes", "start_timeout", "metrics_port", "metrics_host", "help"}
+"""Options the supervisor keeps to itself: its children run without them."""
 
 
 def load_app(spec: str) -> App:
@@ -81,6 +90,7 @@ def load_app(spec: str) -> App:
 @options(WorkerConfig)
 @options(Config, APP_SETTINGS)
 @options(Process)
+@options(Logs)
 @click.pass_obj
 def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
     """Run jobs: claim, execute, heartbeat, reclaim lost jobs.
@@ -96,9 +106,7 @@ def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
     # Built before the app is imported: bad settings fail here, once, with their message.
     process = build(Process, _pick(Process, params))
     config = build(WorkerConfig, _pick(WorkerConfig, params))
-    logging.basicConfig(
-        level=process.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    build(Logs, _pick(Logs, params)).configure()
     app = load_app(app_spec)
     parent = click.get_current_context().parent
     explicit = parent is not None and parent.get_parameter_source("schema") not in (
@@ -115,10 +123,8 @@ def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
         app.config = replace(app.config, **overrides)
     app.dsn  # noqa: B018 - fail now, with the message naming `pgjobs dev start`
     if process.processes is not None:
-        from .. import supervisor
-
         env = {k: v for k, v in os.environ.items()
-               if k not in ("PGJOBS_PROCESSES", "PGJOBS_START_TIMEOUT")}
+               if k not in {envvar(name) for name in SUPERVISOR_ONLY}}
         flags = _child_flags(click.get_current_context(), env)
         # The database and schema go by environment, never on a command line `ps` shows.
         env.update(PGJOBS_DATABASE_URL=app.dsn, PGJOBS_SCHEMA=obj.schema)
@@ -128,12 +134,33 @@ def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
             command=[sys.executable, "-m", "pgjobs", "worker", *flags], env=env,
             processes=process.processes, dsn=app.dsn, schema=app.config.schema,
             start_timeout=process.start_timeout, burst=config.burst,
+            metrics=_metrics_address(process),
         )))
+    _record_metrics(app, process)
     asyncio.run(_run_worker(Worker(app, config)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.
     if any(t.name.startswith("pgjobs-job") and t.is_alive() for t in threading.enumerate()):
         logging.shutdown()
         os._exit(0)
+
+
+def _metrics_address(process: Process) -> tuple[str, int] | None:
+    if process.metrics_port is None:
+        return None
+    optional("prometheus", "--metrics-port")  # fail now, not in every child
+    return process.metrics_host, process.metrics_port
+
+
+def _record_metrics(app: App, process: Process) -> None:
+    """A worker records metrics with --metrics-port, and serves them itself unless its
+    supervisor does (which then set ``PGJOBS_METRICS_DIR`` for it)."""
+    supervised = os.environ.get(supervisor.METRICS_DIR_ENV)
+    if process.metrics_port is None and not supervised:
+        return
+    prometheus = optional("prometheus", "--metrics-port")
+    prometheus.record(app)
+    if process.metrics_port is not None and not supervised:
+        prometheus.serve(process.metrics_port, process.metrics_host)
 
 
 def _pick(cls: type, params: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from ...core.hooks import EventKind, Hooks, JobEvent
+from ...core.types import SweptJob
 from ...db.statement import Query
 
 log = logging.getLogger("pgjobs.maintenance")
@@ -58,3 +60,11 @@ class QueryStep(Step):
         if count and self.report:
             log.info("%s: %d row(s)", self.name, count)
         return result
+
+
+def report(hooks: Hooks, kind: EventKind, jobs: list[SweptJob]) -> None:
+    """Tell ``kind``'s listeners about the jobs a step changed."""
+    if jobs and hooks.wants(kind):
+        for job in jobs:
+            hooks.emit(JobEvent(kind, job.id, job.task, job.queue, job.attempt, job.state,
+                                meta=job.meta))

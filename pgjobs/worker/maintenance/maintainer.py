@@ -33,8 +33,9 @@ def steps(host: Host, config: WorkerConfig) -> list[Step]:
     queries = host.queries
     reclaim_every = config.reclaim_interval or min(config.lease / 2, 10.0)
     found: list[Step] = [
-        Reclaimer(queries, host.config.channel, reclaim_every, config.recovery_budget),
-        Expirer(queries),
+        Reclaimer(queries, host.config.channel, reclaim_every, config.recovery_budget,
+                  host.hooks),
+        Expirer(queries, host.hooks),
         UniqueKeyPruner(queries),
         ReceiptPruner(queries),
         LimitKeyPruner(queries),

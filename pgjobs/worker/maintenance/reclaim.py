@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 
+from ...core.hooks import Hooks
+from ...core.types import SweptJob
 from ...db import leases
 from ...db.queries import Queries
-from .base import AnyAsyncConnection, Step
+from .base import AnyAsyncConnection, Step, report
 
 log = logging.getLogger("pgjobs.maintenance")
 
@@ -17,12 +19,14 @@ class Reclaimer(Step):
     name = "reclaim"
 
     def __init__(self, queries: Queries, channel: str, interval: float, budget: int,
-                 limit: int = 1000) -> None:
+                 hooks: Hooks, limit: int = 1000) -> None:
         super().__init__(interval)
         self.query = leases.reclaim(queries, budget, channel, limit)
+        self.hooks = hooks
 
-    async def step(self, conn: AnyAsyncConnection) -> list[tuple[int, str]]:
-        rows = await self.query.arun(conn)
-        for job_id, state in rows:
-            log.warning("reclaimed job %s from a lost worker: now %s", job_id, state)
-        return rows
+    async def step(self, conn: AnyAsyncConnection) -> list[SweptJob]:
+        jobs = await self.query.arun(conn)
+        for job in jobs:
+            log.warning("reclaimed job %s from a lost worker: now %s", job.id, job.state)
+        report(self.hooks, "reclaimed", jobs)
+        return jobs
