@@ -15,10 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.xdist_group("worker"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+T = TypeVar("T")
 
 
 def browser_binaries() -> tuple[str, str]:
@@ -111,6 +114,19 @@ def screenshot(driver: object, name: str, folder: Path) -> None:
         shutil.copy(path, ROOT / target / path.name)
 
 
+def settled(read: Callable[[], T]) -> T:
+    """`read()` again when the live refresh replaced the element between its find and its
+    use (the page swaps its content every second here), at most a few times."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return read()
+
+
 def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
         served: tuple[str, str, Seeded], browser: object, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -120,35 +136,41 @@ def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
     find = driver.find_element  # type: ignore[attr-defined]
     go = driver.get  # type: ignore[attr-defined]
 
+    def text(by: str, selector: str) -> str:
+        return settled(lambda: find(by, selector).text)  # type: ignore[no-any-return]
+
+    def click(by: str, selector: str) -> None:
+        settled(lambda: find(by, selector).click())
+
     # 1. Sign in: HTTP Basic, given once; the browser keeps it for the origin.
     go(base.replace("http://", f"http://{USER}:{PASSWORD.replace(' ', '%20').replace(':', '%3A')}@")
        + "/")
-    assert find(By.TAG_NAME, "h1").text == "Queues"
-    assert USER in find(By.CSS_SELECTOR, "header .who").text
+    assert text(By.TAG_NAME, "h1") == "Queues"
+    assert USER in text(By.CSS_SELECTOR, "header .who")
 
     # 2. Every page, through the navigation and the links a person would follow.
     for label, heading in [("Jobs", "Jobs"), ("Batches", "Batches"),
                            ("Periodic", "Periodic schedules"), ("Workers", "Workers"),
                            ("Queues", "Queues")]:
-        find(By.LINK_TEXT, label).click()
-        assert find(By.TAG_NAME, "h1").text == heading
+        click(By.LINK_TEXT, label)
+        assert text(By.TAG_NAME, "h1") == heading
         if label != "Queues":
             screenshot(driver, label.lower(), tmp_path)
     go(f"{base}/batches/{rows.batch}")
-    assert find(By.TAG_NAME, "h1").text.startswith(f"Batch {rows.batch}")
-    assert "<script>" in find(By.TAG_NAME, "h1").text  # shown as text, not run
+    assert text(By.TAG_NAME, "h1").startswith(f"Batch {rows.batch}")
+    assert "<script>" in text(By.TAG_NAME, "h1")  # shown as text, not run
     go(f"{base}/jobs/{rows.big}")
-    assert "Download the full args" in find(By.TAG_NAME, "main").text
+    assert "Download the full args" in text(By.TAG_NAME, "main")
 
     # 3. Retry a dead job and watch it succeed after a worker runs it.
     go(f"{base}/jobs?state=dead")
-    find(By.CSS_SELECTOR, f'tr[data-job="{rows.dead}"] a').click()
-    assert "dead" in find(By.CSS_SELECTOR, "h1 .state").text
+    click(By.CSS_SELECTOR, f'tr[data-job="{rows.dead}"] a')
+    assert "dead" in text(By.CSS_SELECTOR, "h1 .state")
     screenshot(driver, "job", tmp_path)
-    find(By.CSS_SELECTOR, "button.retry").click()
-    assert "retried (was dead)" in find(By.TAG_NAME, "main").text
-    find(By.LINK_TEXT, f"Back to job {rows.dead}").click()
-    assert "available" in find(By.CSS_SELECTOR, "h1 .state").text
+    click(By.CSS_SELECTOR, "button.retry")
+    assert "retried (was dead)" in text(By.TAG_NAME, "main")
+    click(By.LINK_TEXT, f"Back to job {rows.dead}")
+    assert "available" in text(By.CSS_SELECTOR, "h1 .state")
     worker = WorkerProcess(dsn, "--queues", "reports", "--burst", "--poll-interval", "0.2")
     try:
         assert worker.wait() == 0, worker.log()
@@ -156,15 +178,17 @@ def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
         worker.close()
     assert scalar(dsn, "SELECT result FROM pgjobs.jobs WHERE id = %s", rows.dead) == 42
     # The live refresh (every second here) brings the new state in without a reload.
-    wait_until(lambda: "succeeded" in find(By.CSS_SELECTOR, "h1 .state").text, timeout=15,
+    wait_until(lambda: "succeeded" in text(By.CSS_SELECTOR, "h1 .state"), timeout=15,
                what="the job page to show the job succeeded")
-    assert "42" in find(By.CSS_SELECTOR, "main").text
+    assert "42" in text(By.CSS_SELECTOR, "main")
 
     # 4. Pause a queue and see it marked.
-    find(By.LINK_TEXT, "Queues").click()
-    find(By.CSS_SELECTOR, 'tr[data-queue="mail"] button.pause').click()
-    row = find(By.CSS_SELECTOR, 'tr[data-queue="mail"]')
-    assert "paused" in row.get_attribute("class") and "paused" in row.text
+    click(By.LINK_TEXT, "Queues")
+    click(By.CSS_SELECTOR, 'tr[data-queue="mail"] button.pause')
+    row_class, row_text = settled(lambda: (
+        find(By.CSS_SELECTOR, 'tr[data-queue="mail"]').get_attribute("class"),
+        text(By.CSS_SELECTOR, 'tr[data-queue="mail"]')))
+    assert "paused" in row_class and "paused" in row_text
     assert scalar(dsn, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'") is True
     screenshot(driver, "overview", tmp_path)
 
@@ -172,5 +196,5 @@ def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
     toggle = find(By.ID, "live-toggle")
     toggle.click()
     assert toggle.text == "Resume live refresh"
-    find(By.LINK_TEXT, "Jobs").click()
-    assert find(By.ID, "live-toggle").text == "Resume live refresh"
+    click(By.LINK_TEXT, "Jobs")
+    assert text(By.ID, "live-toggle") == "Resume live refresh"
