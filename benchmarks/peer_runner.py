@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -125,10 +126,8 @@ class Minimal:
             wake.clear()
             if await claim_and_finish():
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), 0.2)
-            except TimeoutError:
-                pass
         listening.cancel()
         await conn.close()
         return done
@@ -445,7 +444,8 @@ class Procrastinate:
         return enqueue, close
 
 
-SYSTEMS = {"minimal": Minimal, "pgjobs": PgJobs, "pgqueuer": PgQueuer, "procrastinate": Procrastinate}
+SYSTEMS = {"minimal": Minimal, "pgjobs": PgJobs, "pgqueuer": PgQueuer,
+           "procrastinate": Procrastinate}
 
 # -- scenarios ----------------------------------------------------------------------------
 
