@@ -10,8 +10,9 @@ tracing.
 
 Each round runs each tree's own benchmarks/profile_drain.py (this one's when the tree has
 none) once per tree, order alternating, and reads its jobs/s and worker CPU microseconds
-per job. CPU per job is the steadier figure on a
-shared machine: it does not depend on how long the server takes to answer.
+per job, and the server's CPU per job when it runs on this machine. CPU per job is the
+steadier figure on a shared machine: it does not depend on how long the other side
+takes to answer.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LINE = re.compile(r"= ([\d,]+) jobs/s; worker CPU \d+% of one core, (\d+) us/job")
+LINE = re.compile(r"= ([\d,]+) jobs/s; worker CPU \d+% of one core, (\d+) us/job"
+                  r"(?:; server CPU (\d+) us/job)?")
 
 
-def run(tree: str, args: argparse.Namespace, extra: list[str]) -> tuple[float, float]:
+def run(tree: str, args: argparse.Namespace, extra: list[str]
+        ) -> tuple[float, float, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     own = Path(tree) / "benchmarks" / "profile_drain.py"
     script = own if own.is_file() else HERE / "profile_drain.py"
@@ -40,7 +43,7 @@ def run(tree: str, args: argparse.Namespace, extra: list[str]) -> tuple[float, f
     match = LINE.search(out)
     if match is None:
         raise RuntimeError(f"unexpected output from {tree}: {out}")
-    return float(match[1].replace(",", "")), float(match[2])
+    return float(match[1].replace(",", "")), float(match[2]), float(match[3] or "nan")
 
 
 def main() -> None:
@@ -55,18 +58,20 @@ def main() -> None:
                         help="More profile_drain.py flags for the second tree's runs.")
     args = parser.parse_args()
     flags = {"before": [], "after": args.after_flags.split()}
-    results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]
         for name, tree in order if r % 2 == 0 else reversed(order):
-            rate, cpu = run(tree, args, flags[name])
-            results[name].append((rate, cpu))
-            print(f"round {r + 1} {name:<6} {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job",
-                  file=sys.stderr)
+            rate, cpu, server = run(tree, args, flags[name])
+            results[name].append((rate, cpu, server))
+            print(f"round {r + 1} {name:<6} {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job "
+                  f"worker, {server:>6.0f} us/job server", file=sys.stderr)
     for name, values in results.items():
         rate = statistics.median(v[0] for v in values)
         cpu = statistics.median(v[1] for v in values)
-        print(f"{name:<6} median {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job CPU "
+        server = statistics.median(v[2] for v in values)
+        print(f"{name:<6} median {rate:>9,.0f} jobs/s {cpu:>6.0f} us/job worker CPU "
+              f"{server:>6.0f} us/job server CPU "
               f"({args.kind}, concurrency {args.concurrency}, {args.jobs} jobs)")
 
 

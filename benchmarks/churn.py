@@ -5,10 +5,11 @@
 A producer enqueues ``--rate`` no-op jobs per second (batches of 10, one transaction
 each) while a worker (concurrency 10) runs them; every ``--every`` seconds it prints the
 jobs table's live and dead tuples, autovacuum runs and the size of each relation. What
-should stay bounded: dead tuples and jobs_claim_idx (available rows only). What grows:
-the heap, the primary key and jobs_finished_state_idx, by one row per finished job, for as
-long as finished jobs are kept (a day by default; docs/operations.md). Scratch schema,
-dropped.
+should stay bounded: dead tuples and jobs_claim_idx (available rows only); and, with retention on
+(``--retention``, seconds a succeeded job is kept, 60 by default), every relation: the
+heap, the primary key and jobs_finished_state_idx hold one row per job finished within
+the retention period, and the space of pruned rows is reused. ``--retention 0`` keeps
+finished jobs forever (the heap then grows by one row per job). Scratch schema, dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--every", type=float, default=10)
+    parser.add_argument("--retention", type=float, default=60,
+                        help="Seconds succeeded jobs are kept (0: forever).")
     args = parser.parse_args()
     bench = Bench(os.environ["PGJOBS_DATABASE_URL"], BenchConfig(), progress=None)
     with bench.scratch_schema():
@@ -76,7 +79,8 @@ def main() -> None:
                           flush=True)
 
         async def work() -> None:
-            worker = Worker(app, WorkerConfig(concurrency=10))
+            worker = Worker(app, WorkerConfig(
+                concurrency=10, retention_succeeded=args.retention or None))
             run = asyncio.create_task(worker.run())
             await asyncio.sleep(args.seconds)
             worker.stop()

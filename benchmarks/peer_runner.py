@@ -2,10 +2,16 @@
 
     <venv>/bin/python benchmarks/peer_runner.py SYSTEM SCENARIO --dsn DSN [sizes]
 
-SYSTEM: pgjobs | pgqueuer | procrastinate. SCENARIO: setup | enqueue_single |
+SYSTEM: minimal | pgjobs | pgqueuer | procrastinate. SCENARIO: setup | enqueue_single |
 enqueue_bulk | drain | latency. Prints one JSON object on stdout. Each system is used
 through its idiomatic API with the configuration its documentation recommends for
 throughput (see docs/benchmarks.md): no-op async handlers, one durable PostgreSQL.
+
+``minimal`` is the ceiling, not a product: the least a PostgreSQL queue can do. One
+table, one partial index; ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
+LIMIT K) RETURNING`` claims K rows (K is ``--concurrency``), one batched ``DELETE``
+finishes them; single enqueue is one ``INSERT``, bulk enqueue is ``COPY``; the latency
+producer adds a ``pg_notify`` to its insert, which the worker LISTENs for.
 This file imports only the standard library at module level, so each venv can run it.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -20,6 +27,125 @@ import time
 from typing import Any
 
 STARTS: list[tuple[int, float]] = []
+
+# -- minimal (the ceiling) ---------------------------------------------------------------
+
+
+class Minimal:
+    table = "minimal_jobs"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def setup(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS minimal_jobs (id bigserial PRIMARY KEY, "
+                "task text NOT NULL, args jsonb NOT NULL DEFAULT '{}', "
+                "claimed boolean NOT NULL DEFAULT false)")
+            conn.execute("CREATE INDEX IF NOT EXISTS minimal_jobs_ready ON minimal_jobs (id) "
+                         "WHERE NOT claimed")
+
+    def clear(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE minimal_jobs")
+
+    def enqueue_single(self, n: int) -> float:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            start = time.perf_counter()
+            for _ in range(n):
+                conn.execute("INSERT INTO minimal_jobs (task, args) VALUES (%s, %s) "
+                             "RETURNING id", ("noop", "{}"))
+                conn.commit()
+            return n / (time.perf_counter() - start)
+
+    def enqueue_bulk(self, n: int, batch: int) -> float:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            start = time.perf_counter()
+            for offset in range(0, n, batch):
+                with conn.cursor().copy("COPY minimal_jobs (task, args) FROM STDIN") as copy:
+                    for _ in range(min(batch, n - offset)):
+                        copy.write_row(("noop", "{}"))
+                conn.commit()
+            return n / (time.perf_counter() - start)
+
+    def fill(self, n: int) -> None:
+        self.enqueue_bulk(n, 10_000)
+
+    CLAIM = ("UPDATE minimal_jobs SET claimed = true WHERE id IN (SELECT id FROM minimal_jobs "
+             "WHERE NOT claimed ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+             "RETURNING id, task, args")
+
+    async def work(self, concurrency: int, drain: bool, ready: Any, stop: Any) -> int:
+        import psycopg
+
+        done = 0
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+
+        async def run(task: str, job_id: int) -> None:
+            if task == "stamp":
+                STARTS.append((job_id, time.time()))
+
+        async def claim_and_finish() -> int:
+            nonlocal done
+            rows = await (await conn.execute(self.CLAIM, (concurrency,))).fetchall()
+            if rows:
+                await asyncio.gather(*(run(task, job_id) for job_id, task, _args in rows))
+                await conn.execute("DELETE FROM minimal_jobs WHERE id = ANY(%s)",
+                                   ([r[0] for r in rows],))
+                done += len(rows)
+            return len(rows)
+
+        if drain:
+            await asyncio.to_thread(ready.wait, 120)
+            while await claim_and_finish():
+                pass
+            await conn.close()
+            return done
+        # A LISTEN connection of its own wakes the claim loop; a 0.2 s poll is the
+        # fallback.
+        listener = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        await listener.execute("LISTEN minimal")
+        wake = asyncio.Event()
+
+        async def listen() -> None:
+            async for _ in listener.notifies():
+                wake.set()
+
+        listening = asyncio.create_task(listen())
+        ready.set()
+        while not stop.is_set():
+            wake.clear()
+            if await claim_and_finish():
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), 0.2)
+        listening.cancel()
+        await conn.close()
+        return done
+
+    def producer(self) -> Any:
+        import psycopg
+
+        conn = psycopg.connect(self.dsn)
+
+        def enqueue() -> int:
+            row = conn.execute(
+                "WITH j AS (INSERT INTO minimal_jobs (task, args) VALUES ('stamp', '{}') "
+                "RETURNING id) SELECT id, pg_notify('minimal', '') FROM j").fetchone()
+            conn.commit()
+            return int(row[0])  # type: ignore[index]
+
+        return enqueue, conn.close
+
 
 # -- pgjobs ---------------------------------------------------------------------------
 
@@ -318,7 +444,8 @@ class Procrastinate:
         return enqueue, close
 
 
-SYSTEMS = {"pgjobs": PgJobs, "pgqueuer": PgQueuer, "procrastinate": Procrastinate}
+SYSTEMS = {"minimal": Minimal, "pgjobs": PgJobs, "pgqueuer": PgQueuer,
+           "procrastinate": Procrastinate}
 
 # -- scenarios ----------------------------------------------------------------------------
 
@@ -359,6 +486,8 @@ def remaining(system: str, dsn: str, unclaimed: bool = False) -> int:
     import psycopg
 
     query = {
+        ("minimal", False): "SELECT count(*) FROM minimal_jobs",
+        ("minimal", True): "SELECT count(*) FROM minimal_jobs WHERE NOT claimed",
         ("pgjobs", False): "SELECT count(*) FROM pgjobs.jobs WHERE state <> 'succeeded'",
         ("pgjobs", True): "SELECT count(*) FROM pgjobs.jobs WHERE state = 'available'",
         ("pgqueuer", False): "SELECT count(*) FROM pgqueuer",

@@ -1,4 +1,5 @@
-"""pgjobs next to pgqueuer and procrastinate: same scenarios, one server, alternating.
+"""pgjobs next to the ceiling (a minimal queue), pgqueuer and procrastinate: same
+scenarios, one server, alternating.
 
     .venv/bin/python benchmarks/peers.py --rounds 5 --out docs/benchmarks-peers
     .venv/bin/python benchmarks/peers.py --dsn postgresql://... --rounds 5 --out results
@@ -10,6 +11,12 @@ system's schema there, then for each round runs every scenario once per system, 
 order that rotates each round. Every measurement is a fresh process (peer_runner.py)
 under that system's interpreter. Writes OUT.md (medians and pgjobs/peer ratios) and
 OUT.json (every run); drops the scratch database at the end.
+
+Drains run twice per system: in its default configuration (1 and 2 worker processes,
+concurrency 10) and in its best documented one (``BEST``, the ``drain_best`` row). The
+minimal queue (``minimal`` in peer_runner.py) is the hardware's ceiling: claim K rows
+with SKIP LOCKED, delete them when done. ``benchmarks/charts.py OUT.json`` draws SVG
+charts of a run.
 """
 
 from __future__ import annotations
@@ -40,11 +47,18 @@ PEERS = {
     "pgqueuer": ["pgqueuer==1.6.0", "asyncpg", "uvloop", "psycopg[binary]"],
     "procrastinate": ["procrastinate==3.10.0", "psycopg[binary]", "psycopg-pool"],
 }
-SYSTEMS = ("pgjobs", *PEERS)
+SYSTEMS = ("minimal", "pgjobs", *PEERS)
+# The best documented drain configuration of each system: (worker processes, concurrency).
+# minimal: claims of 100 on one connection per process. pgjobs: 100 slots, so claims of
+# up to 100 (plus claim-ahead). pgqueuer: its benchmark tool's batch of 50 and 5 queue
+# managers per process (fixed in peer_runner.py; concurrency is unused). procrastinate:
+# the docs' advice is more concurrency for I/O-bound jobs; 50 per process.
+BEST = {"minimal": (2, 100), "pgjobs": (2, 100), "pgqueuer": (2, 10),
+        "procrastinate": (2, 50)}
 
 
 def python_for(system: str) -> str:
-    if system == "pgjobs":
+    if system in ("pgjobs", "minimal"):
         return sys.executable
     return str(VENVS / system / "bin" / "python")
 
@@ -64,6 +78,8 @@ def ensure_venv(system: str) -> None:
 
 
 def version_of(system: str) -> str:
+    if system == "minimal":
+        return "ceiling"
     name = "pgjobs" if system == "pgjobs" else system
     code = f"import importlib.metadata as m; print(m.version({name!r}))"
     out = subprocess.run([python_for(system), "-c", code], capture_output=True, text=True)
@@ -107,6 +123,7 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]
         ("enqueue_bulk", "enqueue_bulk", {"n": args.bulk, "batch": args.batch}),
         ("drain_p1", "drain", {**drain, "processes": 1}),
         (f"drain_p{args.processes}", "drain", {**drain, "processes": args.processes}),
+        ("drain_best", "drain", {"n": args.drain, "best": True}),
         ("latency", "latency", {"rate": args.rate, "seconds": args.seconds,
                                 "concurrency": args.concurrency}),
     ]
@@ -116,6 +133,7 @@ LABELS = {
     "enqueue_single": ("enqueue, one job per transaction", "jobs/s", True),
     "enqueue_bulk": ("bulk enqueue", "jobs/s", True),
     "drain_p1": ("drain, 1 worker process", "jobs/s", True),
+    "drain_best": ("drain, best configuration", "jobs/s", True),
     "latency_p50": ("enqueue-commit -> handler start, p50", "ms", False),
     "latency_p90": ("enqueue-commit -> handler start, p90", "ms", False),
     "latency_p99": ("enqueue-commit -> handler start, p99", "ms", False),
@@ -150,7 +168,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="enqueue_single,enqueue_bulk,drain,latency")
     parser.add_argument("--single", type=int, default=2000)
     parser.add_argument("--bulk", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=1000,
+                        help="Rows per bulk enqueue call.")
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=10)
@@ -226,6 +245,10 @@ def main() -> None:
               + ", ".join(f"{s} {v}" for s, v in report["versions"].items())
               + ". Ratios: of the medians (in brackets: the median of each round's own "
               "ratio).\n\n")
+    footer = ("\nBest configurations (processes x concurrency): " + ", ".join(
+        f"{s} {BEST[s][0]}x{BEST[s][1]}" for s in systems) + ". minimal claims "
+        "`--concurrency` rows at a time; pgqueuer uses batches of 50.\n")
+    table += footer
     out.with_suffix(".md").write_text(header + table)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(header + table)
@@ -243,8 +266,11 @@ def run_rounds(args: argparse.Namespace, systems: list[str], dsn: str, errors: l
             for system in order:
                 say(f"[round {r + 1}/{args.rounds}] {name:<15} {system:<14}", end="")
                 started = time.perf_counter()
+                chosen_sizes = dict(sizes)
+                if chosen_sizes.pop("best", False):
+                    chosen_sizes["processes"], chosen_sizes["concurrency"] = BEST[system]
                 try:
-                    result = measure(system, scenario, dsn, **sizes)
+                    result = measure(system, scenario, dsn, **chosen_sizes)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     # One system's failure must not lose the others' figures: record it.
                     say(f"FAILED: {str(exc).strip().splitlines()[-1][:200]}")

@@ -3,7 +3,9 @@
     PGJOBS_DATABASE_URL=... .venv/bin/py-spy record --format raw -o drain.txt -- \\
         .venv/bin/python benchmarks/profile_drain.py --jobs 20000 --kind async
 
-Prints jobs/s. Uses (and drops) a scratch schema, like ``pgjobs bench``. With
+Prints jobs/s, the worker's CPU per job and, when the server runs on this machine, the
+server's CPU per job (every backend's, from /proc: the steadier figure for what a job
+costs the database). Uses (and drops) a scratch schema, like ``pgjobs bench``. With
 ``--metrics``, the worker records its Prometheus metrics; with ``--tracing``, it traces
 every job with the OpenTelemetry SDK (batched, to an exporter that drops the spans),
 each job carrying the trace context of a request that enqueued it; ``--sampled R``:
@@ -97,6 +99,37 @@ def observe(app: Any, metrics: bool, tracing_on: str | None) -> None:
         prometheus.record(app, CollectorRegistry())
 
 
+def server_cpu(dsn: str) -> float | None:
+    """CPU seconds the server has used so far: the postmaster's own and its reaped
+    children's, plus every live child's (from /proc; None when the server runs
+    elsewhere or /proc cannot be read)."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        assert row is not None
+        with open(os.path.join(row[0], "postmaster.pid")) as pidfile:
+            postmaster = int(pidfile.readline())
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def fields(pid: int | str) -> list[str]:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()
+
+        own = fields(postmaster)  # [11:15]: utime, stime, cutime, cstime
+        total = sum(int(v) for v in own[11:15])
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    child = fields(pid)
+                except OSError:
+                    continue
+                if int(child[1]) == postmaster:
+                    total += int(child[11]) + int(child[12])
+        return total / tick
+    except (OSError, ValueError, AssertionError, psycopg.Error):
+        return None
+
+
 def report_trace(elapsed: float) -> None:
     for name, calls in TRACE.items():
         if calls:
@@ -143,12 +176,16 @@ def main() -> None:
             config = WorkerConfig(concurrency=args.concurrency, burst=True, listen=False)
             return dict(await Worker(app, config).run())
 
+        server = server_cpu(bench.dsn)
         start, cpu = time.perf_counter(), time.process_time()
         stats = asyncio.run(drain())
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        server_after = server_cpu(bench.dsn)
+    on_server = ("" if server is None or server_after is None else
+                 f"; server CPU {(server_after - server) / args.jobs * 1e6:.0f} us/job")
     print(f"{args.kind} c{args.concurrency}: {stats} in {elapsed:.2f} s = "
           f"{args.jobs / elapsed:,.0f} jobs/s; worker CPU {cpu / elapsed:.0%} of one core, "
-          f"{cpu / args.jobs * 1e6:.0f} us/job")
+          f"{cpu / args.jobs * 1e6:.0f} us/job{on_server}")
     report_trace(elapsed)
 
 

@@ -118,12 +118,29 @@ class Produced:
     batch_id: int
 
 
+COPY_ROWS = 50
+"""Rows per enqueue_many call that goes by COPY here: enqueue_every_way lowers the
+threshold to this while it runs, so the COPY path is exercised without thousands of jobs
+for the worker of a deployment test to run."""
+
+
 def many_by_copy(start: int) -> list[dict[str, int]]:
-    """Enough rows for enqueue_many to send them by COPY."""
-    return [{"n": n} for n in range(start, start + _enqueue.COPY_MIN_ROWS)]
+    """Enough rows for enqueue_many to send them by COPY (under enqueue_every_way)."""
+    assert _enqueue.COPY_MIN_ROWS <= COPY_ROWS
+    return [{"n": n} for n in range(start, start + COPY_ROWS)]
 
 
 def enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:
+    """Enqueue through ``app`` in every way (see ``_enqueue_every_way``), with the COPY
+    threshold lowered to COPY_ROWS meanwhile."""
+    saved, _enqueue.COPY_MIN_ROWS = _enqueue.COPY_MIN_ROWS, COPY_ROWS
+    try:
+        return _enqueue_every_way(app, dsn)
+    finally:
+        _enqueue.COPY_MIN_ROWS = saved
+
+
+def _enqueue_every_way(app: pgjobs.App, dsn: str) -> Produced:
     """Enqueue through ``app`` (a producer: it names tasks, it does not import them) in every
     way: the app's pool (reliable push, more than psycopg's prepare threshold of 5 times),
     the caller's connection, many at once (also by COPY), a unique key twice, a batch with

@@ -176,6 +176,18 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
                 job.attempt -= REFUND.get(kind, 0)
                 job.due = not later or kind == "released"  # released: keeps its run_at
 
+        @rule(attempt=attempts, data=st.data())
+        def complete_plain(self, attempt: tuple[int, Any], data: st.DataObject) -> None:
+            """The completer's short statement for plain successes, fenced alike."""
+            job_id, token = self.pick(attempt, data)
+            query = leases.complete_succeeded(queries, [(job_id, token)])
+            written = self.conn.execute(query.text, query.params).fetchall()
+            live = self.live(job_id, token)
+            assert [int(r[0]) for r in written] == ([job_id] if live else [])
+            if live:
+                job = self.jobs[job_id]
+                job.state, job.token, job.expired = "succeeded", None, False
+
         @rule(attempt=attempts, data=st.data(), commit=st.booleans())
         def complete_in_transaction(self, attempt: tuple[int, Any], data: st.DataObject,
                                     commit: bool) -> None:
@@ -208,7 +220,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
         @invariant()
         def rows_match_the_model_and_transitions_are_legal(self) -> None:
             rows = self.conn.execute(
-                "SELECT id, state, attempt, recoveries, lease_token, lease_expires_at "
+                "SELECT id, state, attempt, recoveries, lease_token::text, lease_expires_at "
                 "FROM pgjobs.jobs ORDER BY id").fetchall()
             assert [r[0] for r in rows] == sorted(self.jobs)
             for job_id, state, attempt, recoveries, token, expires in rows:

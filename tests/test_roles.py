@@ -17,12 +17,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgjobs
-from pgjobs.db import enqueue as _enqueue
 from pgjobs.ops import migrate as _migrate
 from pgjobs.ops.cli import cli
 from pgjobs.ops.roles import GRANTS, Roles, roles_sql
 from tests.dashboard_data import PAGES, client, csrf_of, seed
-from tests.deploy import enqueue_every_way
+from tests.deploy import COPY_ROWS, enqueue_every_way
 from tests.helpers import WorkerProcess, query, scalar, wait_until
 from tests.workerapps.deployed import HARNESS
 
@@ -132,7 +131,7 @@ def test_the_app_role_enqueues_and_reads(deployment: Deployment) -> None:
         assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (len(produced.ids),)
         for view in ("queue_depth", "queue_oldest_available", "failing_jobs", "batch_progress"):
             conn.execute(sql.SQL("SELECT * FROM pgjobs.{}").format(sql.Identifier(view)))
-        assert app.batch_status(conn, produced.batch_id).total == 3 + _enqueue.COPY_MIN_ROWS
+        assert app.batch_status(conn, produced.batch_id).total == 3 + COPY_ROWS
 
 
 def test_the_app_role_cannot_run_change_or_destroy_jobs(deployment: Deployment) -> None:

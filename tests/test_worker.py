@@ -268,6 +268,12 @@ def complete_many(dsn: str, ctx: JobContext, outcome: outcomes.Outcome) -> set[i
     return {r[0] for r in written}
 
 
+def complete_succeeded(dsn: str, ctx: JobContext) -> set[int]:
+    query = leases.complete_succeeded(app.queries, [(ctx.id, ctx.job.lease_token)])
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return {r[0] for r in c.execute(query.text, query.params).fetchall()}
+
+
 def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
     job_id = enqueue(dsn, basic.double, x=1)
     (first,) = claim(dsn)
@@ -278,6 +284,7 @@ def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
     stale = JobContext(first, app.queries)
     assert complete_many(dsn, stale, outcomes.Outcome("succeeded", result="1")) == set()
     assert complete_many(dsn, stale, outcomes.Outcome("dead", error={"m": 1})) == set()
+    assert complete_succeeded(dsn, stale) == set()
     with psycopg.connect(dsn) as conn, pytest.raises(pgjobs.LeaseLost):
         stale.complete(conn)
     assert stale.lease_lost
@@ -287,11 +294,12 @@ def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
             "lease": timedelta(seconds=60), "worker_id": None}).fetchall()
     assert renewed == []
     row = job(dsn, job_id)
-    assert row["state"] == "running" and row["lease_token"] == second.lease_token
+    assert row["state"] == "running" and str(row["lease_token"]) == second.lease_token
     fresh = JobContext(second, app.queries)
     assert complete_many(dsn, fresh, outcomes.Outcome("succeeded", result="2")) == {job_id}
     row = job(dsn, job_id)
     assert row["state"] == "succeeded" and row["result"] == 2 and row["recoveries"] == 1
+    assert complete_succeeded(dsn, fresh) == set()  # finished: no lease to match
     # A terminal state is absorbing: the stale attempt cannot flip it either.
     assert complete_many(dsn, stale, outcomes.Outcome("retry", error={"m": 1})) == set()
     assert job_state(dsn, job_id) == "succeeded"
@@ -648,3 +656,30 @@ def test_the_claim_connection_keeps_generic_plans_unless_it_prepares_nothing(
             await connector.close()
 
     assert asyncio.run(setting()) == mode
+
+
+def test_plain_successes_take_the_short_statement_and_the_rest_the_full_one() -> None:
+    """A flush of plain successes of jobs without a unique key is written by
+    job_complete_succeeded; a result, an error, meta or a unique key anywhere in the
+    flush sends the whole flush through job_complete_many."""
+    from pgjobs.worker.completer import Completer, Pending
+
+    def pending(job_id: int, outcome: outcomes.Outcome, unique: bool = False
+                ) -> tuple[Pending, leases.Row]:
+        claimed = ClaimedJob(job_id, "t", "default", {}, 1, 3, f"token-{job_id}", 0, None, {},
+                             unique_hold=unique)
+        row = leases.outcome_row(outcome)
+        assert row is not None
+        return Pending(JobContext(claimed, app.queries), outcome), row
+
+    completer = Completer(None, app.queries, lambda _: None)  # type: ignore[arg-type]
+    plain = [pending(1, outcomes.Outcome("succeeded")), pending(2, outcomes.Outcome(
+        "succeeded", delay=5))]
+    short = completer._statement(plain)
+    assert short.text is app.queries.job_complete_succeeded
+    assert short.params == {"jobs": "1:token-1,2:token-2"}
+    for other in (pending(3, outcomes.Outcome("succeeded", result="7")),
+                  pending(3, outcomes.Outcome("retry", error={"m": 1})),
+                  pending(3, outcomes.Outcome("cancelled", meta={"m": 1})),
+                  pending(3, outcomes.Outcome("succeeded"), unique=True)):
+        assert completer._statement([*plain, other]).text is app.queries.job_complete_many

@@ -76,9 +76,12 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     lease_token: Any
+    """The attempt's lease (a UUID, as text: the worker only hands it back)."""
     recoveries: int
     batch_id: int | None
     meta: dict[str, Any]
+    unique_hold: bool = False
+    """The job has a unique key (its completion may release a hold)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,22 @@ def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]]) -> Query[s
     return Query(q.job_complete_many, outcomes_param(writes), _ids, schema=q.schema)
 
 
+PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None)
+
+
+def plain_success(row: Row) -> bool:
+    """A success with nothing to store but the state (no result, error or meta); its
+    delay, if any, is ignored by every statement for a finished job."""
+    return row[0] == "succeeded" and row[2:] == PLAIN_SUCCESS[2:]
+
+
+def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set[int]]:
+    """Plain successes of (job id, lease token) pairs, for jobs that hold no unique key,
+    in one statement (``job_complete_succeeded``); returns the ids written."""
+    param = ",".join(f"{job_id}:{token}" for job_id, token in jobs)
+    return Query(q.job_complete_succeeded, {"jobs": param}, _ids, schema=q.schema)
+
+
 def outcomes_param(writes: Sequence[tuple[int, Any, Row]]) -> dict[str, str]:
     """``job_complete_many``'s one parameter: a JSON array of [id, token, state, delay,
     refund, error, result, meta] rows (one text parameter is far cheaper to send than

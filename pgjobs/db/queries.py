@@ -45,6 +45,7 @@ class Queries:
     job_heartbeat: sql.SQL
     job_complete_many: sql.SQL
     job_complete_fenced: sql.SQL
+    job_complete_succeeded: sql.SQL
     job_complete_commit: sql.SQL
     job_reclaim: sql.SQL
     job_expire: sql.SQL

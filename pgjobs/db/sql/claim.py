@@ -38,6 +38,9 @@ def _start_hold_free(alias: str) -> str:
 #   jobs_running_idx). Jobs reclaimed together sit side by side in claim order, so
 #   without this a poison job would be claimed again with the same innocent jobs, crash
 #   after crash, and take them past the recovery budget with it.
+# - The lease token comes back as text: the worker only hands it back to the database,
+#   so it never pays for parsing a UUID. unique_hold tells the completer which jobs may
+#   hold a unique key (those take the full completion statement, which locks holds).
 # - synchronous_commit off for this transaction only (set_config(..., true) is SET LOCAL,
 #   so it holds under any pooler): the claim returns without waiting for its WAL flush.
 #   A claim lost in a server crash only makes the job claimable again (at-least-once), and
@@ -90,7 +93,8 @@ SET state = 'running',
 FROM chosen, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
-          job.lease_token, job.recoveries, job.batch_id, job.meta
+          job.lease_token::text AS lease_token, job.recoveries, job.batch_id, job.meta,
+          job.unique_key IS NOT NULL AS unique_hold
 """
 
 # The queues of a worker that have limits (the worker then claims with
@@ -279,7 +283,8 @@ claimed AS (
     FROM picked
     WHERE job.id = picked.id
     RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
-              job.lease_token, job.recoveries, job.batch_id, job.meta, job.started_at
+              job.lease_token::text AS lease_token, job.recoveries, job.batch_id,
+              job.meta, job.unique_key IS NOT NULL AS unique_hold, job.started_at
 ),
 counted AS (
     -- the limited queues' rows, still locked by `locked`: count the starts, and append
@@ -296,6 +301,7 @@ counted AS (
           FROM claimed GROUP BY queue) AS c
     WHERE s.name = c.queue AND s.name IN (SELECT name FROM locked)
 )
-SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta
+SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta,
+       unique_hold
 FROM claimed
 """

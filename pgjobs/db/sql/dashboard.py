@@ -73,7 +73,8 @@ ORDER BY 1, 2
 """
 
 # One page of jobs, newest first, after the keyset cursor `before`. `state` and `batch`
-# pick the index that drives the scan (jobs_state_id_idx walks one state in id order,
+# pick the index that drives the scan (jobs_rare_state_idx walks a dead, cancelled or
+# expired state in id order, jobs_running_idx the running jobs,
 # jobs_batch_idx one batch, the primary key everything); `scan` bounds how many of those
 # rows are read, and queue, task and args filter inside those candidates. So a page never
 # reads more than `scan` rows, however rare its matches: when the candidates run out before

@@ -64,12 +64,13 @@ SELECT id FROM jobs, (SELECT count(*) FROM notified) n ORDER BY id
 """
 
 # Large enqueue_many calls of jobs without unique keys (COPY_MIN_ROWS rows or more) send
-# their rows with binary COPY, which the server takes at about twice the rate of rows
-# unpacked from a JSON parameter. COPY returns nothing, so this statement first draws the
-# jobs' ids (in input order), computes the shared run_at and expires_at from the database
-# clock as job_insert_many does, counts the jobs into their batch (refusing a batch that
-# already succeeded), and notifies; all of it takes effect only if the COPY that follows
-# in the same transaction does.
+# their rows with binary COPY, which the server takes faster than rows unpacked from a
+# JSON parameter once the calls are large enough to pay for two more round trips. COPY
+# returns nothing, so this statement first draws the jobs' ids (in input order), computes
+# the shared run_at and expires_at from the database clock as job_insert_many does,
+# counts the jobs into their batch (refusing a batch that already succeeded), and
+# notifies; all of it takes effect only if the COPY that follows in the same transaction
+# does.
 job_reserve_many = """
 SELECT array(SELECT nextval(%(sequence)s::regclass) FROM generate_series(1, %(n)s)),
        t.due, coalesce(%(expires_at)s::timestamptz, t.due + %(expires_in)s::interval),

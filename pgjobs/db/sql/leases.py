@@ -23,7 +23,7 @@ renewed AS (
     FROM held
     WHERE job.id = held.id AND job.lease_token = held.token
       AND job.id IN (SELECT id FROM lockable)
-    RETURNING job.lease_token
+    RETURNING job.lease_token::text AS token
 ),
 beat AS (
     UPDATE {schema}.workers SET heartbeat_at = clock_timestamp()
@@ -31,9 +31,9 @@ beat AS (
     RETURNING id
 )
 -- beat is data-modifying, so it runs although nothing selects from it
-SELECT lease_token, true FROM renewed
+SELECT token, true FROM renewed
 UNION ALL
-SELECT held.token, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
+SELECT held.token::text, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
 """
 
 # Writes a flush of outcomes in one statement. Every row is fenced by its lease token:
@@ -89,8 +89,23 @@ job_complete_fenced = """
 UPDATE {schema}.jobs
 SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
     finished_at = clock_timestamp(), result = %(result)s::jsonb
-WHERE id = %(id)s AND lease_token = %(token)s
+WHERE id = %(id)s AND lease_token = %(token)s::uuid
 RETURNING id
+"""
+
+# The common flush: every outcome a plain success (no result, no error, no meta) of a
+# job without a unique key, so there are no holds to lock and nothing to merge. The
+# same fenced update as job_complete_many with constants for the rest, and one text
+# parameter "id:token,id:token,..." that costs the server no JSON parsing. Returns the
+# ids written.
+job_complete_succeeded = """
+UPDATE {schema}.jobs AS job
+SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
+    finished_at = clock_timestamp(), result = NULL
+FROM (SELECT split_part(e, ':', 1)::bigint AS id, split_part(e, ':', 2)::uuid AS token
+      FROM unnest(string_to_array(%(jobs)s::text, ',')) AS e) AS o
+WHERE job.id = o.id AND job.lease_token = o.token
+RETURNING job.id
 """
 
 # current_job().transaction(): the same success, through job_complete() (revision 0007),
