@@ -74,6 +74,7 @@ class Queries:
     status_now: sql.SQL
     status_gauges: sql.SQL
     job_get: sql.SQL
+    job_result: sql.SQL
     job_list: sql.SQL
     job_cancel: sql.SQL
     job_retry: sql.SQL

@@ -17,6 +17,7 @@ from ...db import jobs as db_jobs
 from ...db.queries import Queries
 from .common import Target, connect, echo_json, queue_name, table, when
 
+JSON_COLUMNS = ("args", "result", "progress", "checkpoint")
 STATES = ("available", "running", "succeeded", "dead", "cancelled", "expired")
 
 
@@ -76,7 +77,8 @@ def _last_error(kind: str | None, message: str | None) -> str:
               help="JSON instead of text.")
 @click.pass_obj
 def jobs_show(obj: Target, job_id: int, as_json: bool) -> None:
-    """Every column of job JOB_ID, with each failed attempt's traceback."""
+    """Every column of job JOB_ID, with each failed attempt's traceback (progress and
+    checkpoint: the last ones its handler reported)."""
     with connect(obj) as conn:
         row = db_jobs.get(Queries(obj.schema), job_id).run(conn)
     if row is None:
@@ -88,7 +90,7 @@ def jobs_show(obj: Target, job_id: int, as_json: bool) -> None:
     errors = row.pop("errors") or []
     width = max(len(key) for key in row)
     for key, value in row.items():
-        shown = json.dumps(value, ensure_ascii=False) if key in ("args", "result") else value
+        shown = json.dumps(value, ensure_ascii=False) if key in JSON_COLUMNS else value
         click.echo(f"{key.ljust(width)}  {'-' if value is None else shown}")
     for entry in errors:
         click.echo(f"\nattempt {entry.get('attempt')} at {entry.get('at')}: "
