@@ -152,6 +152,8 @@ class ClaimedJob:
     recoveries: int
     batch_id: int | None
     meta: dict[str, Any]
+    checkpoint: Any = None
+    """The last checkpoint an earlier attempt stored (``current_job().last_checkpoint``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ class Queries:
     job_complete_many: sql.SQL
     job_complete_fenced: sql.SQL
     job_complete_commit: sql.SQL
+    job_report: sql.SQL
     job_reclaim: sql.SQL
     job_expire: sql.SQL
     unique_key_prune: sql.SQL

@@ -131,8 +131,11 @@ class Completer:
             return set()
 
     def _statement(self, writes: list[tuple[Pending, Row]]) -> Query[set[int]]:
+        # What handlers reported after their last heartbeat goes with their outcome.
+        reports = [p.ctx.unwritten()[0] for p, _ in writes]
         return leases.complete_many(
-            self.queries, [(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes])
+            self.queries, [(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes],
+            reports if any(r != leases.NOTHING_NEW for r in reports) else None)
 
     async def drain(self) -> None:
         """Return once every submitted outcome is written (including a flush in flight)."""

@@ -90,7 +90,7 @@ SET state = 'running',
 FROM chosen, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
-          job.lease_token, job.recoveries, job.batch_id, job.meta
+          job.lease_token, job.recoveries, job.batch_id, job.meta, job.checkpoint
 """
 
 # The queues of a worker that have limits (the worker then claims with
@@ -279,7 +279,8 @@ claimed AS (
     FROM picked
     WHERE job.id = picked.id
     RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
-              job.lease_token, job.recoveries, job.batch_id, job.meta, job.started_at
+              job.lease_token, job.recoveries, job.batch_id, job.meta, job.checkpoint,
+              job.started_at
 ),
 counted AS (
     -- the limited queues' rows, still locked by `locked`: count the starts, and append
@@ -296,6 +297,7 @@ counted AS (
           FROM claimed GROUP BY queue) AS c
     WHERE s.name = c.queue AND s.name IN (SELECT name FROM locked)
 )
-SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta
+SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta,
+       checkpoint
 FROM claimed
 """
