@@ -21,6 +21,11 @@ def result(q: Queries, job_id: int) -> Query[JobResult | None]:
     return Query(q.job_result, {"id": job_id}, first, named(JobResult), schema=q.schema)
 
 
+def why(q: Queries, job_id: int) -> Query[list[dict[str, Any]]]:
+    """Why the job is not running or did not run: rows of cause and reason."""
+    return Query(q.job_why, {"id": job_id}, every, records, schema=q.schema)
+
+
 def latest(q: Queries, *, queue: str | None = None, state: str | None = None,
            task: str | None = None, limit: int = 50) -> Query[list[dict[str, Any]]]:
     """The latest jobs, newest first, filtered by what is given, with their last error."""

@@ -76,6 +76,7 @@ class Queries:
     status_gauges: sql.SQL
     job_get: sql.SQL
     job_result: sql.SQL
+    job_why: sql.SQL
     job_list: sql.SQL
     job_cancel: sql.SQL
     job_retry: sql.SQL

@@ -16,6 +16,11 @@ SELECT id, task, queue, state, result, errors, attempt, max_attempts, recoveries
 FROM {schema}.jobs WHERE id = %(id)s
 """
 
+# Why a job is not running or did not run: the rows of why() (revision 0009).
+job_why = """
+SELECT cause, reason FROM {schema}.why(%(id)s)
+"""
+
 # The latest jobs, newest first, filtered by whatever is given (NULL: any).
 job_list = """
 SELECT id, queue, task, state, attempt, max_attempts, run_at, finished_at,
