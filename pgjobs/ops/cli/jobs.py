@@ -110,7 +110,7 @@ def jobs_why(obj: Target, job_id: int, as_json: bool) -> None:
     blocking fact (scheduled for later, queue paused, a concurrency or rate limit full
     with the jobs holding it, its unique hold locked, expired, dead with its last error,
     no live worker for its queue or task, the suspect throttle after a recovery), or
-    what it is doing. The same rows as ``SELECT * FROM pgjobs.why(JOB_ID)``. Exits 1
+    what it is doing. The same rows as "SELECT * FROM pgjobs.why(JOB_ID)". Exits 1
     when there is no such job."""
     with connect(obj) as conn:
         rows = db_jobs.why(Queries(obj.schema), job_id).run(conn)
