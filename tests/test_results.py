@@ -5,6 +5,9 @@ with polling as the fallback; a timeout and a missing job raise typed errors."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 
@@ -97,6 +100,15 @@ def test_missing_jobs_and_bad_input_are_refused(dsn: str) -> None:
         app.result(None, "1")  # type: ignore[arg-type]
     with pytest.raises(pgjobs.ConfigurationError):
         pgjobs.Enqueued(5).wait(1)
+
+
+def test_an_enqueued_pickles_and_copies_without_its_app(dsn: str) -> None:
+    enqueued = basic.noop.enqueue()
+    assert enqueued.source is app
+    again = pickle.loads(pickle.dumps(enqueued))
+    assert again == enqueued and again.source is None
+    assert dataclasses.asdict(enqueued)["id"] == enqueued.id
+    assert copy.deepcopy(enqueued).source is app
 
 
 def waiting(dsn: str) -> bool:

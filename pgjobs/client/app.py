@@ -69,6 +69,14 @@ class App:
     def __repr__(self) -> str:
         return f"<pgjobs.App schema={self.config.schema!r} tasks={len(self.tasks)}>"
 
+    def __copy__(self) -> App:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> App:
+        """An App owns pools and locks: a copy is the same App (so that, e.g.,
+        ``dataclasses.asdict`` of an ``Enqueued``, which refers to its App, works)."""
+        return self
+
     # -- tasks -----------------------------------------------------------------------
 
     @overload

@@ -68,8 +68,18 @@ class Enqueued:
     """The job's id in ``jobs``."""
     duplicate: bool = False
     """True when a unique key was already held: ``id`` is the holder's id."""
-    source: ResultSource | None = field(default=None, repr=False, compare=False)
-    """The App that enqueued it (for :meth:`wait`); set by the enqueue call."""
+    source: ResultSource | None = field(default=None, repr=False, compare=False, hash=False)
+    """The App that enqueued it (for :meth:`wait`); set by the enqueue call. Not pickled:
+    an Enqueued sent to another process waits there with ``app.wait(id)``."""
+
+    def __reduce__(self) -> tuple[type[Enqueued], tuple[int, bool]]:
+        return (Enqueued, (self.id, self.duplicate))
+
+    def __copy__(self) -> Enqueued:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Enqueued:
+        return self
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """Block until the job reaches a terminal state (succeeded, dead, cancelled,
