@@ -28,10 +28,12 @@ from .core.errors import (
     InvalidArgs,
     InvalidName,
     InvalidOption,
+    JobNotFound,
     JobTimeout,
     LeaseLost,
     MissingDatabaseURL,
     PgJobsError,
+    ResultTimeout,
     SchemaNotReady,
     UnknownTask,
     UnsupportedConnection,
@@ -39,7 +41,7 @@ from .core.errors import (
 )
 from .core.hooks import EnqueueCall, EventKind, JobEvent, Probe
 from .core.options import JobOptions
-from .core.types import BatchStatus, Enqueued, JobChange
+from .core.types import BatchStatus, Enqueued, JobChange, JobResult
 from .core.version import __version__
 from .worker.config import WorkerConfig
 from .worker.context import JobContext, current_job
@@ -64,12 +66,15 @@ __all__ = [
     "JobChange",
     "JobContext",
     "JobEvent",
+    "JobNotFound",
     "JobOptions",
+    "JobResult",
     "JobTimeout",
     "LeaseLost",
     "MissingDatabaseURL",
     "PgJobsError",
     "Probe",
+    "ResultTimeout",
     "Retry",
     "SchemaNotReady",
     "Snooze",

@@ -117,6 +117,9 @@ def test_job_page_shows_errors_timeline_lease_worker_and_batch(
         running = c.get(f"/jobs/{rows.running}").text
         assert "2999-01-01 00:00:00" in running  # the lease's expiry
         assert "pid 4242" in running and "host-" in running
+        assert "&#34;done&#34;: 3" in running and "&#34;total&#34;: 7" in running  # progress
+        assert 'class="json checkpoint"' in running
+        assert "None reported" in dead
         for label in ("created", "run at", "started", "finished"):
             assert f'<span class="label">{label}</span>' in running
         member = c.get(f"/jobs/{rows.available}").text

@@ -150,7 +150,7 @@ def lease_machine(dsn: str) -> type[RuleBasedStateMachine]:
             job_id, token = self.pick(attempt, data)
             rows = self.conn.execute(queries.job_heartbeat, {
                 "ids": [job_id], "tokens": [token], "lease": timedelta(seconds=600),
-                "worker_id": None}).fetchall()
+                "worker_id": None, "progress": [None], "checkpoints": [None]}).fetchall()
             live = self.live(job_id, token)
             # (lease_token, renewed): a live lease is renewed; nothing here holds a row lock
             assert [(r[0], r[1]) for r in rows] == ([(token, True)] if live else [])

@@ -141,7 +141,8 @@ def test_the_app_role_cannot_run_change_or_destroy_jobs(deployment: Deployment) 
     claim = {"queues": ["default"], "limit": 1, "lease": "30s", "worker_id": 1}
     for statement, params in [
         (app.queries.job_claim, claim),
-        (app.queries.job_complete_fenced, {"id": job_id, "token": None, "result": None}),
+        (app.queries.job_complete_fenced, {"id": job_id, "token": None, "result": None,
+                                           "progress": None, "checkpoint": None}),
         ("UPDATE pgjobs.jobs SET state = 'cancelled'", None),
         ("DELETE FROM pgjobs.jobs", None),
         ("DELETE FROM pgjobs.unique_keys", None),

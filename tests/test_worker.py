@@ -291,7 +291,8 @@ def test_a_stale_attempt_cannot_complete_fail_or_heartbeat(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         renewed = c.execute(app.queries.job_heartbeat, {
             "ids": [job_id], "tokens": [first.lease_token],
-            "lease": timedelta(seconds=60), "worker_id": None}).fetchall()
+            "lease": timedelta(seconds=60), "worker_id": None, "progress": [None],
+            "checkpoints": [None]}).fetchall()
     assert renewed == []
     row = job(dsn, job_id)
     assert row["state"] == "running" and str(row["lease_token"]) == second.lease_token

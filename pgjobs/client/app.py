@@ -19,11 +19,12 @@ from ..core.limits import KeyLimit
 from ..core.names import check_task_name
 from ..core.options import JobOptions
 from ..core.schedule import Schedule
-from ..core.types import BatchStatus, Enqueued, JobChange
+from ..core.types import BatchStatus, Enqueued, JobChange, JobResult
+from ..db import jobs
 from ..db.enqueue import AnyStatement
 from ..db.queries import Queries
 from ..db.sessions import sync_connection
-from . import admin, push
+from . import admin, push, results
 from .batches import Batch, create_batch, get_status
 from .config import SETTING_NAMES, Config
 from .periodic import make_schedule
@@ -67,6 +68,14 @@ class App:
 
     def __repr__(self) -> str:
         return f"<pgjobs.App schema={self.config.schema!r} tasks={len(self.tasks)}>"
+
+    def __copy__(self) -> App:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> App:
+        """An App owns pools and locks: a copy is the same App (so that, e.g.,
+        ``dataclasses.asdict`` of an ``Enqueued``, which refers to its App, works)."""
+        return self
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -337,6 +346,40 @@ class App:
         docs/jobs.md). One :class:`JobChange` per id, in id order."""
         channel = self.config.channel
         return self._run(conn, lambda c: admin.retry_jobs(self.queries, c, ids, channel))
+
+    # -- results ----------------------------------------------------------------------
+
+    def result(self, conn: ConnectionLike | None, job_id: int) -> JobResult | None:
+        """Job ``job_id``'s state, return value, errors, attempts, progress, checkpoint
+        and times, read now (None: no such job, never enqueued or already pruned by
+        retention). ``conn``: a connection or session to read on (None: the app's
+        pool)."""
+        results.check_wait(job_id, None)
+        query = jobs.result(self.queries, job_id)
+        psycopg_conn = sync_connection(conn)
+        if psycopg_conn is not None:
+            return query.run(psycopg_conn)
+        with self.pool.connection() as own:
+            return query.run(own)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobResult:
+        """Block until job ``job_id`` reaches a terminal state (succeeded, dead,
+        cancelled, expired) and return its :class:`JobResult`. Works from any process:
+        woken by the notification its end sends (on :attr:`listen_dsn`), with a read
+        every second as the fallback. Raises :class:`pgjobs.ResultTimeout` after
+        ``timeout`` seconds (None: no limit) and :class:`pgjobs.JobNotFound` when there
+        is no such job. ``Enqueued.wait(timeout)`` calls this."""
+        results.check_wait(job_id, timeout)
+        dsn = self.listen_dsn
+        return results.wait(self.queries, dsn, None if dsn else self.pool, job_id, timeout,
+                            self.config.done_channel)
+
+    async def wait_async(self, job_id: int, timeout: float | None = None) -> JobResult:
+        """:meth:`wait` for asyncio code."""
+        results.check_wait(job_id, timeout)
+        dsn = self.listen_dsn
+        return await results.wait_async(self.queries, dsn, None if dsn else await self.apool(),
+                                        job_id, timeout, self.config.done_channel)
 
     def _run(self, conn: ConnectionLike | None, action: Callable[[AnyConnection], T]) -> T:
         """``action`` on ``conn``, or (None) in a short transaction of the app's pool."""

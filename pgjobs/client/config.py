@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..core.errors import InvalidOption
-from ..core.names import channel_for, check_schema
+from ..core.names import channel_for, check_schema, done_channel_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,11 @@ class Config:
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel that wakes this schema's workers."""
         return channel_for(self.schema)
+
+    @property
+    def done_channel(self) -> str:
+        """The channel announcing the ids of jobs that reached a terminal state."""
+        return done_channel_for(self.schema)
 
 
 SETTING_NAMES = frozenset(f.name for f in fields(Config)) - {"dsn", "schema"}

@@ -18,7 +18,7 @@ from ..core.errors import ConfigurationError, InvalidOption, UnknownTask
 from ..core.hooks import EnqueueCall, Hooks, JobEvent, acall_through, call_through
 from ..core.limits import NO_KEY_LIMIT, KeyLimit
 from ..core.options import JobOptions, unique_key
-from ..core.types import Enqueued
+from ..core.types import Enqueued, JobResult, ResultSource
 from ..db import enqueue
 from ..db.enqueue import AnyStatement, NewJobs
 from ..db.queries import Queries
@@ -42,6 +42,10 @@ class Host(Protocol):
     def _push(self, statement: AnyStatement) -> list[Enqueued]: ...
 
     async def _apush(self, statement: AnyStatement) -> list[Enqueued]: ...
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobResult: ...
+
+    async def wait_async(self, job_id: int, timeout: float | None = None) -> JobResult: ...
 
 
 class Task(Generic[P, R]):
@@ -153,16 +157,16 @@ class Task(Generic[P, R]):
         statement = enqueue.statement(self.app.queries, jobs)
         psycopg_conn = sync_connection(conn)
         if psycopg_conn is None:
-            return self.app._push(statement)
-        return statement.run(psycopg_conn)
+            return attach(self.app, self.app._push(statement))
+        return attach(self.app, statement.run(psycopg_conn))
 
     async def _awrite(self, aconn: AsyncConnectionLike | None, jobs: NewJobs
                       ) -> list[Enqueued]:
         statement = enqueue.statement(self.app.queries, jobs)
         psycopg_conn = await async_connection(aconn)
         if psycopg_conn is None:
-            return await self.app._apush(statement)
-        return await statement.arun(psycopg_conn)
+            return attach(self.app, await self.app._apush(statement))
+        return attach(self.app, await statement.arun(psycopg_conn))
 
     def limit_columns(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """The per-key limit columns of one job with ``kwargs`` (computing its key)."""
@@ -185,6 +189,13 @@ class Task(Generic[P, R]):
             unique_keys=unique_keys, channel=config.channel if config.notify else None,
         )
 
+
+
+def attach(source: ResultSource, results: list[Enqueued]) -> list[Enqueued]:
+    """``results``, each able to ``wait()`` through ``source`` (the App)."""
+    for result in results:
+        object.__setattr__(result, "source", source)  # frozen: set once, here
+    return results
 
 
 def with_meta(jobs: NewJobs, call: EnqueueCall) -> NewJobs:

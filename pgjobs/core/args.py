@@ -172,6 +172,42 @@ def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
             _check_json_value(item, f"{path}[{index}]", depth + 1)
 
 
+MAX_PROGRESS_BYTES = 4_096
+"""Largest encoded ``current_job().progress(...)`` object: it rides every heartbeat."""
+MAX_CHECKPOINT_BYTES = 1_048_576
+"""Largest encoded ``current_job().checkpoint(...)`` value."""
+
+
+def encode_progress(value: Any) -> str:
+    """A progress report as JSON: a fraction from 0 to 1, or a small JSON object."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Mapping):
+        raise InvalidArgs(f"progress is a fraction from 0 to 1 or a JSON object (dict), "
+                          f"not {value!r}")
+    if not isinstance(value, Mapping):
+        if not 0 <= value <= 1:  # NaN fails this too
+            raise InvalidArgs(f"progress {value!r} is not a fraction from 0 to 1; pass a "
+                              'dict such as {"done": 40, "total": 100} for counts')
+        return repr(float(value))
+    return _encode_report("progress", value, MAX_PROGRESS_BYTES)
+
+
+def encode_checkpoint(value: Any) -> str:
+    """A checkpoint as JSON (any JSON value)."""
+    return _encode_report("checkpoint", value, MAX_CHECKPOINT_BYTES)
+
+
+def _encode_report(what: str, value: Any, limit: int) -> str:
+    _check_json_value(value, what)
+    try:
+        encoded = _ENCODER.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgs(f"{what} is not JSON: {exc}") from None
+    if len(encoded.encode("utf-8")) > limit:
+        raise ArgsTooLarge(f"{what} is {len(encoded.encode())} bytes of JSON, more than "
+                           f"{limit}; keep it small (store bulk data in your own table)")
+    return encoded
+
+
 MAX_MESSAGE = 2_000
 """Longest error message (and repr of an unserialisable result) kept, in characters."""
 

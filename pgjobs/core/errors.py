@@ -15,7 +15,9 @@
     ├── DuplicateJob                a unique key is held, with ``on_duplicate="raise"``
     ├── BatchFinished               the batch is missing or has already succeeded
     ├── UnknownTask                 a name that no ``@app.job`` registered
-    └── LeaseLost                   a write about a job whose lease this attempt no longer holds
+    ├── LeaseLost                   a write about a job whose lease this attempt no longer holds
+    ├── JobNotFound                 no job with that id (never enqueued, or pruned)
+    └── ResultTimeout               a wait for a job's end ran out of time (also a TimeoutError)
 
     JobTimeout (an Exception)       a handler ran longer than its task's ``timeout``; recorded
                                     as that attempt's error like any handler exception
@@ -111,6 +113,28 @@ class LeaseLost(PgJobsError):
     Raised by fenced writes such as ``current_job().complete(conn)``: another attempt
     owns the job now (or it was reclaimed), so the caller's transaction must roll back.
     """
+
+
+class JobNotFound(PgJobsError, LookupError):
+    """No job has this id: it was never enqueued (or not committed), or it was pruned."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"no job {job_id}: it was never enqueued, its transaction has not committed, "
+            "or it finished and was pruned (retention_* settings)")
+        self.job_id = job_id
+
+
+class ResultTimeout(PgJobsError, TimeoutError):
+    """``Enqueued.wait`` / ``App.wait`` ran out of time before the job ended."""
+
+    def __init__(self, job_id: int, timeout: float, state: str) -> None:
+        super().__init__(
+            f"job {job_id} did not finish within {timeout:g}s (it is {state}); wait again, "
+            f"or see why with `pgjobs jobs why {job_id}`")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.state = state
 
 
 class JobTimeout(Exception):

@@ -54,3 +54,9 @@ def channel_for(schema: str) -> str:
     """The LISTEN/NOTIFY channel that wakes the workers of ``schema``: the one place this
     name is built. The payload of each notification is a queue name (at most 63 bytes)."""
     return f"pgjobs_{schema}"
+
+
+def done_channel_for(schema: str) -> str:
+    """The channel on which a job's end (a terminal state) is announced, with its id as
+    payload (the ``jobs_done_notify`` trigger of revision 0009 builds the same name)."""
+    return f"pgjobs_{schema}_done"

@@ -1,11 +1,63 @@
-"""Plain values that cross layers: what an enqueue returns, what an operator action did,
-a batch's counters, and the columns a claim hands to the worker."""
+"""Plain values that cross layers: what an enqueue returns, a job's result, what an
+operator action did, a batch's counters, and the columns a claim hands to the worker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
+
+from .errors import ConfigurationError
+
+TERMINAL_STATES = frozenset({"succeeded", "dead", "cancelled", "expired"})
+"""The states a job ends in (absorbing, except for an operator's retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A job's state and outcome at one moment (``App.result``, ``Enqueued.wait``)."""
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    """available, running, succeeded, dead, cancelled or expired."""
+    result: Any
+    """The handler's return value, as JSON decoded (None until it succeeded)."""
+    errors: list[dict[str, Any]]
+    """One entry per failed attempt or lost worker: attempt, at, type, message,
+    traceback."""
+    attempt: int
+    max_attempts: int
+    recoveries: int
+    progress: Any
+    """The last progress the handler reported (a fraction or a JSON object), or None."""
+    checkpoint: Any
+    """The last checkpoint the handler stored (any JSON), or None."""
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        """True in a terminal state: succeeded, dead, cancelled or expired."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self.errors[-1] if self.errors else None
+
+
+class ResultSource(Protocol):
+    """What ``Enqueued.wait`` needs: an App (client layer) that can wait for a job."""
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobResult: ...
+
+    async def wait_async(self, job_id: int, timeout: float | None = None) -> JobResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +68,37 @@ class Enqueued:
     """The job's id in ``jobs``."""
     duplicate: bool = False
     """True when a unique key was already held: ``id`` is the holder's id."""
+    source: ResultSource | None = field(default=None, repr=False, compare=False, hash=False)
+    """The App that enqueued it (for :meth:`wait`); set by the enqueue call. Not pickled:
+    an Enqueued sent to another process waits there with ``app.wait(id)``."""
+
+    def __reduce__(self) -> tuple[type[Enqueued], tuple[int, bool]]:
+        return (Enqueued, (self.id, self.duplicate))
+
+    def __copy__(self) -> Enqueued:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Enqueued:
+        return self
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """Block until the job reaches a terminal state (succeeded, dead, cancelled,
+        expired) and return its :class:`JobResult`; ``timeout`` seconds at most (None:
+        no limit), then :class:`pgjobs.ResultTimeout`. Woken by the notification sent when
+        the job ends, polling as a fallback; works from any process. Commit the enqueue's
+        transaction first: an uncommitted job is invisible to the waiting connection."""
+        return self._source().wait(self.id, timeout)
+
+    async def wait_async(self, timeout: float | None = None) -> JobResult:
+        """:meth:`wait` for asyncio code (an ``AsyncConnection`` of its own)."""
+        return await self._source().wait_async(self.id, timeout)
+
+    def _source(self) -> ResultSource:
+        if self.source is None:
+            raise ConfigurationError(
+                f"job {self.id} was not enqueued through an App here; use "
+                f"app.wait({self.id}, timeout) instead")
+        return self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +165,8 @@ class ClaimedJob:
     meta: dict[str, Any]
     unique_hold: bool = False
     """The job has a unique key (its completion may release a hold)."""
+    checkpoint: Any = None
+    """The last checkpoint an earlier attempt stored (``current_job().last_checkpoint``)."""
 
 
 @dataclass(frozen=True, slots=True)

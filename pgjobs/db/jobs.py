@@ -1,17 +1,29 @@
-"""Jobs by id, for operators: read one, list the latest, cancel, retry, delete."""
+"""Jobs by id, for operators: read one (or its result), list the latest, cancel, retry,
+delete."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.types import JobResult
 from .queries import Queries
-from .statement import Query, every, first, records
+from .statement import Query, every, first, named, records
 
 
 def get(q: Queries, job_id: int) -> Query[dict[str, Any] | None]:
     """Every column of one job (None: no such job)."""
     return Query(q.job_get, {"id": job_id}, first, records, schema=q.schema)
+
+
+def result(q: Queries, job_id: int) -> Query[JobResult | None]:
+    """One job's state and outcome (None: no such job)."""
+    return Query(q.job_result, {"id": job_id}, first, named(JobResult), schema=q.schema)
+
+
+def why(q: Queries, job_id: int) -> Query[list[dict[str, Any]]]:
+    """Why the job is not running or did not run: rows of cause and reason."""
+    return Query(q.job_why, {"id": job_id}, every, records, schema=q.schema)
 
 
 def latest(q: Queries, *, queue: str | None = None, state: str | None = None,

@@ -29,6 +29,10 @@ from .statement import Query, Rows, every, first, named
 
 # (state, delay seconds, attempt refund, error, result JSON text, meta)
 Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
+# What a handler reported and no heartbeat has written yet: (progress, checkpoint) as JSON
+# text, None for each that has not changed.
+Reports = tuple[str | None, str | None]
+NOTHING_NEW: Reports = (None, None)
 
 
 def outcome_row(outcome: Outcome) -> Row | None:
@@ -52,10 +56,12 @@ def outcome_row(outcome: Outcome) -> Row | None:
     raise AssertionError(f"unknown outcome {kind!r}")
 
 
-def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]]) -> Query[set[int]]:
-    """Write (job id, lease token, row) triples in one statement; returns the ids written
-    (a job whose lease this attempt lost is not among them)."""
-    return Query(q.job_complete_many, outcomes_param(writes), _ids, schema=q.schema)
+def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]],
+                  reports: Sequence[Reports] | None = None) -> Query[set[int]]:
+    """Write (job id, lease token, row) triples in one statement, with each job's last
+    unwritten ``reports`` when given (in the same order); returns the ids written (a job
+    whose lease this attempt lost is not among them)."""
+    return Query(q.job_complete_many, outcomes_param(writes, reports), _ids, schema=q.schema)
 
 
 PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None)
@@ -74,21 +80,35 @@ def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set
     return Query(q.job_complete_succeeded, {"jobs": param}, _ids, schema=q.schema)
 
 
-def outcomes_param(writes: Sequence[tuple[int, Any, Row]]) -> dict[str, str]:
+def outcomes_param(writes: Sequence[tuple[int, Any, Row]],
+                   reports: Sequence[Reports] | None = None) -> dict[str, str]:
     """``job_complete_many``'s one parameter: a JSON array of [id, token, state, delay,
-    refund, error, result, meta] rows (one text parameter is far cheaper to send than
-    eight arrays dumped element by element)."""
-    document = [[job_id, str(token), *row] for job_id, token, row in writes]
+    refund, error, result, meta, progress, checkpoint] rows (one text parameter is far
+    cheaper to send than ten arrays dumped element by element)."""
+    if reports is None:
+        document = [[job_id, str(token), *row] for job_id, token, row in writes]
+    else:
+        document = [[job_id, str(token), *row, *report]
+                    for (job_id, token, row), report in zip(writes, reports, strict=True)]
     # ensure_ascii: a lone surrogate or NUL becomes a JSON escape that the database
     # refuses (a psycopg.Error, which the completer handles row by row), never an encoding
     # error in the driver.
     return {"outcomes": json.dumps(document, separators=(",", ":"))}
 
 
-def complete_fenced(q: Queries, job_id: int, token: Any, result: str | None) -> Query[bool]:
-    """Success inside the caller's transaction, if this attempt still holds the lease."""
-    params = {"id": job_id, "token": token, "result": result}
+def complete_fenced(q: Queries, job_id: int, token: Any, result: str | None,
+                    reports: Reports = NOTHING_NEW) -> Query[bool]:
+    """Success inside the caller's transaction, if this attempt still holds the lease
+    (with the handler's last unwritten reports)."""
+    params = {"id": job_id, "token": token, "result": result, "progress": reports[0],
+              "checkpoint": reports[1]}
     return Query(q.job_complete_fenced, params, _found, schema=q.schema)
+
+
+def report(q: Queries, job_id: int, token: Any, reports: Reports) -> Query[None]:
+    """Write a handler's unwritten reports, fenced by the lease (in its transaction)."""
+    params = {"id": job_id, "token": token, "progress": reports[0], "checkpoint": reports[1]}
+    return Query(q.job_report, params, _nothing, schema=q.schema)
 
 
 def complete_commit(q: Queries, job_id: int, token: Any, result: str | None) -> Query[None]:
@@ -99,10 +119,16 @@ def complete_commit(q: Queries, job_id: int, token: Any, result: str | None) -> 
 
 
 def heartbeat(q: Queries, ids: Sequence[int], tokens: Sequence[Any], lease: timedelta,
-              worker_id: int | None) -> Query[set[Any]]:
-    """Renew the leases of (id, token) pairs and the worker's heartbeat; returns the tokens
-    still held (renewed, or busy in their handler's own transaction)."""
-    params = {"ids": list(ids), "tokens": list(tokens), "lease": lease, "worker_id": worker_id}
+              worker_id: int | None, reports: Sequence[Reports] | None = None
+              ) -> Query[dict[Any, bool]]:
+    """Renew the leases of (id, token) pairs and the worker's heartbeat, writing each
+    job's unwritten ``reports`` (same order; None: nothing new anywhere); returns the
+    tokens still held, each with True when renewed (its reports written) or False when
+    busy in its handler's own transaction."""
+    progress = [r[0] for r in reports] if reports else [None] * len(ids)
+    checkpoints = [r[1] for r in reports] if reports else progress
+    params = {"ids": list(ids), "tokens": list(tokens), "lease": lease, "worker_id": worker_id,
+              "progress": progress, "checkpoints": checkpoints}
     return Query(q.job_heartbeat, params, _tokens, schema=q.schema)
 
 
@@ -130,5 +156,5 @@ def _found(rows: Rows, count: int) -> bool:
     return first(rows, count) is not None
 
 
-def _tokens(rows: Rows, count: int) -> set[Any]:
-    return {row[0] for row in rows}
+def _tokens(rows: Rows, count: int) -> dict[Any, bool]:
+    return {row[0]: row[1] for row in rows}

@@ -47,6 +47,7 @@ class Queries:
     job_complete_fenced: sql.SQL
     job_complete_succeeded: sql.SQL
     job_complete_commit: sql.SQL
+    job_report: sql.SQL
     job_reclaim: sql.SQL
     job_expire: sql.SQL
     unique_key_prune: sql.SQL
@@ -75,6 +76,8 @@ class Queries:
     status_now: sql.SQL
     status_gauges: sql.SQL
     job_get: sql.SQL
+    job_result: sql.SQL
+    job_why: sql.SQL
     job_list: sql.SQL
     job_cancel: sql.SQL
     job_retry: sql.SQL

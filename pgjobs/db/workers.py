@@ -9,10 +9,10 @@ from .statement import Query, rowcount, scalar
 
 
 def register(q: Queries, host: str, pid: int, queues: Sequence[str], concurrency: int,
-             version: str, lease: float) -> Query[int]:
-    """A new ``workers`` row; its id."""
+             version: str, lease: float, tasks: Sequence[str] = ()) -> Query[int]:
+    """A new ``workers`` row, with the names of the tasks it can run; its id."""
     params = {"host": host, "pid": pid, "queues": list(queues), "concurrency": concurrency,
-              "version": version, "lease": lease}
+              "version": version, "lease": lease, "tasks": sorted(tasks)}
     return Query(q.worker_register, params, scalar, schema=q.schema)
 
 

@@ -68,8 +68,8 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     # dashboard's pause and resume upsert.
     ("TABLE", "queues", "SELECT", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE",
      "SELECT"),
-    # per-key limits: upserted by the claim, pruned by maintenance.
-    ("TABLE", "limit_keys", "SELECT", "SELECT, INSERT, UPDATE, DELETE", "", ""),
+    # per-key limits: upserted by the claim, pruned by maintenance; read by why().
+    ("TABLE", "limit_keys", "SELECT", "SELECT, INSERT, UPDATE, DELETE", "SELECT", ""),
     # the worker refuses to start against a schema of another revision.
     ("TABLE", "alembic_version", "SELECT", "SELECT", "", ""),
     ("TABLE", "queue_depth", "SELECT", "SELECT", "SELECT", "SELECT"),
@@ -87,6 +87,11 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     ("FUNCTION", "jobs_unique_release()", "EXECUTE", "EXECUTE", "EXECUTE", ""),
     ("FUNCTION", "jobs_batch_progress()", "EXECUTE", "EXECUTE", "EXECUTE", ""),
     ("FUNCTION", "batches_check_empty()", "EXECUTE", "EXECUTE", "", ""),
+    # the NOTIFY at a job's end fires for whoever ends it (worker, operator)
+    ("FUNCTION", "jobs_done_notify()", "EXECUTE", "EXECUTE", "EXECUTE", ""),
+    # `pgjobs jobs why` reads jobs, queues, workers, unique_keys and limit_keys (the
+    # read-only dashboard role cannot read the last two)
+    ("FUNCTION", "why(bigint)", "EXECUTE", "EXECUTE", "EXECUTE", ""),
 )
 KINDS = ("app", "worker", "dashboard", "dashboard_readonly")
 """The roles GRANTS gives privileges to, in its column order (the owner owns)."""

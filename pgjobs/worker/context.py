@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 
 from ..core import failpoints
-from ..core.args import encode_result
+from ..core.args import encode_checkpoint, encode_progress, encode_result
 from ..core.errors import LeaseLost, PgJobsError
 from ..core.types import ClaimedJob
 from ..db import leases
@@ -66,6 +66,11 @@ class JobContext:
     """True once the worker received SIGTERM: the job still has ``--shutdown-timeout`` to
     finish. A long handler may checkpoint and ``raise pgjobs.Snooze(0)`` to be released
     at once without spending an attempt."""
+    # What the handler reported, as (JSON text, version), and the versions written: set
+    # from the handler's thread, read by the heartbeat on the loop (tuples replace whole).
+    _progress: tuple[str | None, int] = field(default=(None, 0), repr=False)
+    _checkpoint: tuple[str | None, int] = field(default=(None, 0), repr=False)
+    _written: tuple[int, int] = field(default=(0, 0), repr=False)
 
     @property
     def id(self) -> int:
@@ -118,6 +123,36 @@ class JobContext:
         return batch if isinstance(batch, dict) else None
 
     @property
+    def last_checkpoint(self) -> Any:
+        """The checkpoint an earlier attempt of this job stored (None: none), so that a
+        retried or recovered job can resume where it stopped."""
+        return self.job.checkpoint
+
+    def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report progress: a fraction from 0 to 1, or a small JSON object (at most 4 KB)
+        such as ``{"done": 40, "total": 100}``. Kept in memory and written to
+        ``jobs.progress`` with the next lease heartbeat (every lease/3) and at the job's
+        end: a call costs no round trip. Bad values raise :class:`pgjobs.InvalidArgs`."""
+        self._progress = (encode_progress(value), self._progress[1] + 1)
+
+    def checkpoint(self, value: Any) -> None:
+        """Store any JSON value (at most 1 MB) as this job's checkpoint: written to
+        ``jobs.checkpoint`` like :meth:`progress`, and handed to a later attempt (a retry,
+        or a recovery after a lost worker) as :attr:`last_checkpoint`."""
+        self._checkpoint = (encode_checkpoint(value), self._checkpoint[1] + 1)
+
+    def unwritten(self) -> tuple[tuple[str | None, str | None], tuple[int, int]]:
+        """The reports no write has carried yet ((progress, checkpoint), None: nothing
+        new), and the versions to pass to :meth:`written` once a write carried them."""
+        (progress, p_version), (checkpoint, c_version) = self._progress, self._checkpoint
+        p_written, c_written = self._written
+        return ((progress if p_version > p_written else None,
+                 checkpoint if c_version > c_written else None), (p_version, c_version))
+
+    def written(self, versions: tuple[int, int]) -> None:
+        self._written = versions
+
+    @property
     def lease_lost(self) -> bool:
         """True when this attempt lost its lease: another attempt may own the job now.
         A sync handler should stop its side effects; its outcome will be dropped."""
@@ -168,7 +203,10 @@ class JobContext:
             yield conn
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
+            report = self._report()
             with translated_errors(self.queries.schema), conn.pipeline():
+                if report is not None:
+                    conn.execute(report.text, report.params)
                 conn.execute(query.text, query.params)  # no result to wait for
                 conn.commit()
             self._committed()
@@ -185,8 +223,11 @@ class JobContext:
             yield conn
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
+            report = self._report()
             with translated_errors(self.queries.schema):
                 async with conn.pipeline():
+                    if report is not None:
+                        await conn.execute(report.text, report.params)
                     await conn.execute(query.text, query.params)
                     await conn.commit()
             self._committed()
@@ -219,10 +260,18 @@ class JobContext:
             self.lease_lost_event.set()
             self.stop_event.set()
 
+    def _report(self) -> Query[None] | None:
+        """The write of unwritten reports before a success in the handler's transaction."""
+        reports, _ = self.unwritten()
+        if reports == leases.NOTHING_NEW:
+            return None
+        return leases.report(self.queries, self.id, self.job.lease_token, reports)
+
     def _completion(self, result: Any) -> Query[bool]:
         job = self.job
+        reports, _ = self.unwritten()
         return leases.complete_fenced(self.queries, job.id, job.lease_token,
-                                      encode_result(result))
+                                      encode_result(result), reports)
 
     def _check(self, written: bool) -> None:
         if not written:

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from ..db import leases
 from ..db.connection import TRANSIENT, Connector
+from ..db.leases import NOTHING_NEW
 from ..db.queries import Queries
 from .slots import Slots
 
@@ -38,8 +39,11 @@ class Heartbeat:
         while True:
             await asyncio.sleep(interval)
             held = self.slots.renewable()
+            unwritten = [ctx.unwritten() for ctx in held]  # progress and checkpoints
+            reports = [r for r, _ in unwritten]
             query = leases.heartbeat(self.queries, [c.id for c in held],
-                                     [c.job.lease_token for c in held], lease, self.worker_id())
+                                     [c.job.lease_token for c in held], lease, self.worker_id(),
+                                     reports if any(r != NOTHING_NEW for r in reports) else None)
             sent = time.monotonic()
             timeout = max(interval, renewed_at + self.lease - sent)
             try:
@@ -58,6 +62,9 @@ class Heartbeat:
                 continue
             renewed_at = sent
             self.arm(sent)
+            for ctx, (_, versions) in zip(held, unwritten, strict=True):
+                if answered.get(ctx.job.lease_token):  # renewed: its reports were written
+                    ctx.written(versions)
             if self.slots.probes:
                 self.slots.occupancy()
             lost = [ctx for ctx in held if ctx.job.lease_token not in answered

@@ -207,7 +207,8 @@ class Worker:
 
     async def _register(self) -> int:
         query = workers.register(self.queries, socket.gethostname(), os.getpid(), self.queues,
-                                 self.config.concurrency, __version__, self.config.lease)
+                                 self.config.concurrency, __version__, self.config.lease,
+                                 list(self.app.tasks))
         return await self._connected(query.arun)
 
     # -- shutdown ----------------------------------------------------------------------

@@ -52,7 +52,7 @@ OUTCOMES = [
 def heartbeat(conn: psycopg.Connection[Any], ctx: JobContext) -> list[Any]:
     return conn.execute(app.queries.job_heartbeat, {
         "ids": [ctx.id], "tokens": [ctx.job.lease_token], "lease": timedelta(seconds=600),
-        "worker_id": None}).fetchall()
+        "worker_id": None, "progress": [None], "checkpoints": [None]}).fetchall()
 
 
 def snapshot(conn: psycopg.Connection[Any], job_id: int) -> Any:

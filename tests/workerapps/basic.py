@@ -233,3 +233,62 @@ def polite(seconds: float) -> str:
             raise pgjobs.Snooze(0, reason="shutting down")
         time.sleep(0.02)
     return "done"
+
+
+def _released(job_id: int) -> bool:
+    """The test wrote an effects row for this job: the handler may go on."""
+    with psycopg.connect(app.dsn, autocommit=True) as c:
+        return c.execute("SELECT FROM public.effects WHERE job_id = %s", (job_id,)).fetchone() \
+            is not None
+
+
+@app.job(name="reporting")
+def reporting() -> object:
+    """Reports progress and a checkpoint, waits for the test to see them (written by the
+    heartbeat), then reports final ones just before it returns (written with the
+    outcome). Returns the checkpoint it started from."""
+    job = pgjobs.current_job()
+    job.progress(0.5)
+    job.checkpoint({"step": 1})
+    while not _released(job.id):
+        time.sleep(0.05)
+    job.progress({"done": 2, "total": 2})
+    job.checkpoint({"step": 2})
+    return job.last_checkpoint
+
+
+@app.job(name="resumable", retry_backoff=lambda attempt: 0.0)
+def resumable() -> object:
+    """Checkpoints, then fails its first attempt; the retry returns what it was given."""
+    job = pgjobs.current_job()
+    if job.last_checkpoint is None:
+        job.checkpoint({"rows": 300})
+        raise RuntimeError("interrupted after 300 rows")
+    return {"resumed_from": job.last_checkpoint}
+
+
+@app.job(name="checkpoint_then_crash")
+def checkpoint_then_crash() -> object:
+    """Checkpoints, waits until a heartbeat wrote it, then kills its worker. The
+    recovered attempt returns the checkpoint it was given."""
+    job = pgjobs.current_job()
+    if job.last_checkpoint is not None:
+        return {"recovered_from": job.last_checkpoint, "recoveries": job.recoveries}
+    job.checkpoint({"offset": 1234})
+    while True:
+        with psycopg.connect(app.dsn, autocommit=True) as c:
+            row = c.execute("SELECT checkpoint FROM pgjobs.jobs WHERE id = %s",
+                            (job.id,)).fetchone()
+        if row is not None and row[0] is not None:
+            os._exit(77)
+        time.sleep(0.05)
+
+
+@app.job(name="reporting_tx")
+def reporting_tx() -> None:
+    """Reports, then succeeds in its own transaction (the report goes with it)."""
+    job = pgjobs.current_job()
+    job.progress(1)
+    job.checkpoint(["last"])
+    with job.transaction() as conn:
+        conn.execute("SELECT 1")

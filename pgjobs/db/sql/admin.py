@@ -5,8 +5,20 @@ from __future__ import annotations
 job_get = """
 SELECT id, queue, task, args, priority, state, attempt, max_attempts, run_at, expires_at,
        lease_expires_at, worker_id, unique_key, batch_id, created_at, started_at,
-       finished_at, errors, result, recoveries
+       finished_at, errors, result, recoveries, progress, checkpoint
 FROM {schema}.jobs WHERE id = %(id)s
+"""
+
+# A job's state and outcome (App.result, Enqueued.wait): the columns of core.JobResult.
+job_result = """
+SELECT id, task, queue, state, result, errors, attempt, max_attempts, recoveries,
+       progress, checkpoint, created_at, started_at, finished_at
+FROM {schema}.jobs WHERE id = %(id)s
+"""
+
+# Why a job is not running or did not run: the rows of why() (revision 0009).
+job_why = """
+SELECT cause, reason FROM {schema}.why(%(id)s)
 """
 
 # The latest jobs, newest first, filtered by whatever is given (NULL: any).

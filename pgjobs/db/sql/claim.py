@@ -94,7 +94,7 @@ FROM chosen, (SELECT set_config('synchronous_commit', 'off', true)) AS async_com
 WHERE job.id = chosen.id
 RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
           job.lease_token::text AS lease_token, job.recoveries, job.batch_id, job.meta,
-          job.unique_key IS NOT NULL AS unique_hold
+          job.unique_key IS NOT NULL AS unique_hold, job.checkpoint
 """
 
 # The queues of a worker that have limits (the worker then claims with
@@ -284,7 +284,8 @@ claimed AS (
     WHERE job.id = picked.id
     RETURNING job.id, job.task, job.queue, job.args, job.attempt, job.max_attempts,
               job.lease_token::text AS lease_token, job.recoveries, job.batch_id,
-              job.meta, job.unique_key IS NOT NULL AS unique_hold, job.started_at
+              job.meta, job.unique_key IS NOT NULL AS unique_hold, job.checkpoint,
+              job.started_at
 ),
 counted AS (
     -- the limited queues' rows, still locked by `locked`: count the starts, and append
@@ -302,6 +303,6 @@ counted AS (
     WHERE s.name = c.queue AND s.name IN (SELECT name FROM locked)
 )
 SELECT id, task, queue, args, attempt, max_attempts, lease_token, recoveries, batch_id, meta,
-       unique_hold
+       unique_hold, checkpoint
 FROM claimed
 """

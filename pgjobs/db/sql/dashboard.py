@@ -154,6 +154,7 @@ SELECT job.id, job.queue, job.task, job.state, job.priority, job.attempt, job.ma
        job.finished_at, job.lease_expires_at, job.lease_expires_at - now() AS lease_left,
        job.worker_id, job.unique_key, job.concurrency_key, job.batch_id, job.errors,
        job.result::text AS result, job.meta::text AS meta,
+       job.progress::text AS progress, job.checkpoint::text AS checkpoint,
        left(job.args::text, %(args_max)s) AS args, octet_length(job.args::text) AS args_size,
        w.host AS worker_host, w.pid AS worker_pid, w.state AS worker_state,
        now() - w.heartbeat_at AS worker_silent,

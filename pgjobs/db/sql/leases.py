@@ -9,9 +9,13 @@ from __future__ import annotations
 # result, which is how the worker learns that it lost the job.
 # SKIP LOCKED: a row locked by a handler's own open transaction (complete(conn) before its
 # commit) is reported busy (renewed = false) instead of stalling every other lease.
+# It also carries what handlers reported since the last beat (current_job().progress() and
+# .checkpoint(), as JSON text; NULL: unchanged), so reporting costs no round trip of its
+# own. Both columns are unindexed: the update stays HOT.
 job_heartbeat = """
 WITH held AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progress)s::text[],
+                         %(checkpoints)s::text[]) AS h(id, token, progress, checkpoint)
 ),
 lockable AS (
     SELECT job.id FROM {schema}.jobs AS job JOIN held ON job.id = held.id
@@ -19,7 +23,9 @@ lockable AS (
 ),
 renewed AS (
     UPDATE {schema}.jobs AS job
-    SET lease_expires_at = clock_timestamp() + %(lease)s::interval
+    SET lease_expires_at = clock_timestamp() + %(lease)s::interval,
+        progress = coalesce(held.progress::jsonb, job.progress),
+        checkpoint = coalesce(held.checkpoint::jsonb, job.checkpoint)
     FROM held
     WHERE job.id = held.id AND job.lease_token = held.token
       AND job.id IN (SELECT id FROM lockable)
@@ -41,14 +47,17 @@ SELECT held.token::text, false FROM held WHERE held.id NOT IN (SELECT id FROM lo
 # transaction) matches nothing, and a terminal state can never be overwritten because
 # terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
 # The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
-# result text, meta] rows (see _executor.outcomes_param): one text parameter is far
-# cheaper for the worker to send than eight arrays dumped element by element.
+# result text, meta, progress text, checkpoint text] rows (see leases.outcomes_param): one
+# text parameter is far cheaper for the worker to send than ten arrays dumped element by
+# element. progress and checkpoint: what the handler reported after the last heartbeat
+# (null: nothing new), so that the final report is not lost.
 job_complete_many = """
 WITH o AS (
     SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
            make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
            nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
-           nullif(e->7, 'null') AS meta
+           nullif(e->7, 'null') AS meta, (e->>8)::jsonb AS progress,
+           (e->>9)::jsonb AS checkpoint
     FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
 ),
 -- The unique holds these outcomes release, locked first and in key order (the order in
@@ -75,7 +84,9 @@ SET state = o.state,
                   ELSE job.errors || jsonb_build_array(
                       o.error || jsonb_build_object('at', clock_timestamp())) END,
     result = o.result,
-    meta = CASE WHEN o.meta IS NULL THEN job.meta ELSE job.meta || o.meta END
+    meta = CASE WHEN o.meta IS NULL THEN job.meta ELSE job.meta || o.meta END,
+    progress = coalesce(o.progress, job.progress),
+    checkpoint = coalesce(o.checkpoint, job.checkpoint)
 FROM o
 WHERE job.id = o.id AND job.lease_token = o.token
   -- the holds are locked before any job is updated
@@ -88,7 +99,9 @@ RETURNING job.id
 job_complete_fenced = """
 UPDATE {schema}.jobs
 SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
-    finished_at = clock_timestamp(), result = %(result)s::jsonb
+    finished_at = clock_timestamp(), result = %(result)s::jsonb,
+    progress = coalesce(%(progress)s::jsonb, progress),
+    checkpoint = coalesce(%(checkpoint)s::jsonb, checkpoint)
 WHERE id = %(id)s AND lease_token = %(token)s::uuid
 RETURNING id
 """
@@ -114,6 +127,15 @@ RETURNING job.id
 # COMMIT rolls the handler's effects back.
 job_complete_commit = """
 SELECT {schema}.job_complete(%(id)s::bigint, %(token)s::uuid, %(result)s::jsonb)
+"""
+
+# current_job().transaction(): what the handler reported since the last heartbeat, written
+# in the handler's transaction before job_complete() (fenced like it; NULL: unchanged).
+job_report = """
+UPDATE {schema}.jobs
+SET progress = coalesce(%(progress)s::jsonb, progress),
+    checkpoint = coalesce(%(checkpoint)s::jsonb, checkpoint)
+WHERE id = %(id)s AND lease_token = %(token)s
 """
 
 # Returns running jobs whose lease expired (their worker died, hung or lost the network).

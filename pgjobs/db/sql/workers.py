@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 # meta.lease: `pgjobs status` calls a worker stale once it has been silent that long.
+# meta.tasks: the task names this worker can run (`pgjobs jobs why` names a job whose
+# task no live worker knows).
 worker_register = """
 INSERT INTO {schema}.workers (host, pid, queues, concurrency, state, version, meta)
 VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'running', %(version)s,
-        jsonb_build_object('lease', %(lease)s::float8))
+        jsonb_build_object('lease', %(lease)s::float8, 'tasks', to_jsonb(%(tasks)s::text[])))
 RETURNING id
 """
 

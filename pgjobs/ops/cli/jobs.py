@@ -1,4 +1,4 @@
-"""``pgjobs jobs list|show|cancel|retry``: look at jobs and act on them by id.
+"""``pgjobs jobs list|show|why|cancel|retry``: look at jobs and act on them by id.
 
 Like the queue commands they need the database, not the application's code.
 """
@@ -17,6 +17,7 @@ from ...db import jobs as db_jobs
 from ...db.queries import Queries
 from .common import Target, connect, echo_json, queue_name, table, when
 
+JSON_COLUMNS = ("args", "result", "progress", "checkpoint")
 STATES = ("available", "running", "succeeded", "dead", "cancelled", "expired")
 
 
@@ -27,6 +28,7 @@ def jobs() -> None:
     \b
       pgjobs jobs list --state dead --queue mail
       pgjobs jobs show 42
+      pgjobs jobs why 42
       pgjobs jobs retry 42 43
       pgjobs jobs cancel 44 --reason "customer left"
     """
@@ -76,7 +78,8 @@ def _last_error(kind: str | None, message: str | None) -> str:
               help="JSON instead of text.")
 @click.pass_obj
 def jobs_show(obj: Target, job_id: int, as_json: bool) -> None:
-    """Every column of job JOB_ID, with each failed attempt's traceback."""
+    """Every column of job JOB_ID, with each failed attempt's traceback (progress and
+    checkpoint: the last ones its handler reported)."""
     with connect(obj) as conn:
         row = db_jobs.get(Queries(obj.schema), job_id).run(conn)
     if row is None:
@@ -88,13 +91,36 @@ def jobs_show(obj: Target, job_id: int, as_json: bool) -> None:
     errors = row.pop("errors") or []
     width = max(len(key) for key in row)
     for key, value in row.items():
-        shown = json.dumps(value, ensure_ascii=False) if key in ("args", "result") else value
+        shown = json.dumps(value, ensure_ascii=False) if key in JSON_COLUMNS else value
         click.echo(f"{key.ljust(width)}  {'-' if value is None else shown}")
     for entry in errors:
         click.echo(f"\nattempt {entry.get('attempt')} at {entry.get('at')}: "
                    f"{entry.get('type')}: {entry.get('message')}")
         if entry.get("traceback"):
             click.echo(entry["traceback"].rstrip())
+
+
+@jobs.command("why")
+@click.argument("job_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, envvar="PGJOBS_JSON", show_envvar=True,
+              help="JSON rows of cause and reason instead of text.")
+@click.pass_obj
+def jobs_why(obj: Target, job_id: int, as_json: bool) -> None:
+    """Why job JOB_ID is not running, or did not run, in plain words: one line per
+    blocking fact (scheduled for later, queue paused, a concurrency or rate limit full
+    with the jobs holding it, its unique hold locked, expired, dead with its last error,
+    no live worker for its queue or task, the suspect throttle after a recovery), or
+    what it is doing. The same rows as "SELECT * FROM pgjobs.why(JOB_ID)". Exits 1
+    when there is no such job."""
+    with connect(obj) as conn:
+        rows = db_jobs.why(Queries(obj.schema), job_id).run(conn)
+    if as_json:
+        echo_json(rows)
+    else:
+        for row in rows:
+            click.echo(f"job {job_id}: {row['reason']}")
+    if [row["cause"] for row in rows] == ["missing"]:
+        sys.exit(1)
 
 
 def _report(changes: list[JobChange]) -> None:
