@@ -138,8 +138,8 @@ class App:
         job's arguments. ``catch_up``: what happens to ticks missed while no worker ran:
         ``"latest"`` enqueues the newest once, ``"skip"`` none (only ticks found less than
         a minute late run), ``"all"`` every one within ``catch_up_window`` (default one
-        hour). Every worker process enqueues due ticks, each exactly once.
-        """
+        hour). Every worker process that serves the job's queue enqueues due ticks,
+        each exactly once; a worker of other queues never ticks it."""
 
         def register(task: Task[P, R]) -> Task[P, R]:
             self.schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,

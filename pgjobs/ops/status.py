@@ -151,8 +151,9 @@ def _periodic_warnings(status: Status, limits: Thresholds) -> list[StatusWarning
         if tick is not None and (status.now - tick).total_seconds() > limits.periodic_grace:
             found.append(StatusWarning("periodic_overdue", (
                 f"schedule {p['name']!r} ({p['schedule']}) has a tick due since "
-                f"{duration(status.now - tick)}: no worker of the app that declares it is "
-                "running (any worker with the schedule in its code enqueues ticks)")))
+                f"{duration(status.now - tick)}: no worker of the app that declares it "
+                "serves its queue (a worker ticks the schedules of the queues it claims "
+                "from: start one with --queues including that queue)")))
     return found
 
 

@@ -34,7 +34,8 @@ class WorkerConfig:
 
     queues: tuple[str, ...] | None = None
     """Queues to claim from (a comma-separated string is split). Default (None): every
-    queue of the app's registered tasks, plus default."""
+    queue of the app's registered tasks and periodic schedules, plus default. A worker
+    enqueues the periodic ticks of these queues only."""
     concurrency: int = 10
     """Jobs run at once by this process (async ones on the loop, sync ones in threads)."""
     lease: float = 30.0

@@ -54,9 +54,9 @@ class Worker:
     def __init__(self, app: Host, config: WorkerConfig | None = None) -> None:
         self.app = app
         self.config = config = config or WorkerConfig()
-        self.queues = list(
-            config.queues or sorted({t.opts.queue for t in app.tasks.values()} | {"default"})
-        )
+        self.queues = list(config.queues or sorted(
+            {t.opts.queue for t in app.tasks.values()}
+            | {s.task.opts.queue for s in app.schedules.values()} | {"default"}))
         queries = self.queries = app.queries
         prepare = app.config.prepare_threshold is not None
 
@@ -82,7 +82,7 @@ class Worker:
                                self.slots, self.ahead, settle=self._settle)
         self.heartbeat = Heartbeat(self.dbs["heartbeat"], queries, self.slots, config.lease,
                                    lambda: self.worker_id)
-        self.maintenance = Maintenance(self.dbs["maintenance"], steps(app, config))
+        self.maintenance = Maintenance(self.dbs["maintenance"], steps(app, config, self.queues))
         self.worker_id: int | None = None
         self.shutdown_timeout = config.shutdown_timeout
         self._immediately = asyncio.Event()
