@@ -9,10 +9,11 @@ from .statement import Query, rowcount, scalar
 
 
 def register(q: Queries, host: str, pid: int, queues: Sequence[str], concurrency: int,
-             version: str, lease: float) -> Query[int]:
-    """A new ``workers`` row; its id."""
+             version: str, lease: float, isolates: bool = False) -> Query[int]:
+    """A new ``workers`` row; its id. ``isolates``: it runs suspects in processes of their
+    own, so the claim gives it any number of them (``db.sql.claim``)."""
     params = {"host": host, "pid": pid, "queues": list(queues), "concurrency": concurrency,
-              "version": version, "lease": lease}
+              "version": version, "lease": lease, "isolates": isolates}
     return Query(q.worker_register, params, scalar, schema=q.schema)
 
 

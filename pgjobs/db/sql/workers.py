@@ -6,7 +6,8 @@ from __future__ import annotations
 worker_register = """
 INSERT INTO {schema}.workers (host, pid, queues, concurrency, state, version, meta)
 VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'running', %(version)s,
-        jsonb_build_object('lease', %(lease)s::float8))
+        jsonb_build_object('lease', %(lease)s::float8,
+                           'isolates_suspects', %(isolates)s::boolean))
 RETURNING id
 """
 
