@@ -242,7 +242,9 @@ def test_a_callback_is_the_full_job_row_enqueue_would_write(dsn: str) -> None:
                rate_limit=5, rate_period=60)
     def limited(n: int) -> None: ...
 
-    loud = app.task("limited", queue="cb")
+    # A reference made by a producer that does not import the worker code (this App
+    # registers no "limited"), notifying like the test app.
+    loud = pgjobs.App(dsn=dsn, strict_names=False).task("limited", queue="cb")
     later = limited.options(run_in=timedelta(seconds=30), priority=-3, max_attempts=4,
                             expires_in=timedelta(minutes=5), queue="cb")
     with psycopg.connect(dsn) as conn:

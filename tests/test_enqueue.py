@@ -346,7 +346,56 @@ def test_enqueue_by_name_of_a_registered_task(app: pgjobs.App, conn: Conn) -> No
     assert tweaked.opts.priority == -3 and welcome.opts.priority == 2
 
 
-def test_enqueue_by_name_of_an_unregistered_task(app: pgjobs.App, conn: Conn) -> None:
+def test_enqueue_by_a_name_no_task_has_is_refused_with_the_close_matches(
+    app: pgjobs.App, conn: Conn,
+) -> None:
+    @app.job(name="shop.send_mail")
+    def send_mail(user_id: int) -> None: ...
+
+    @app.job(name="shop.send_sms")
+    def send_sms(user_id: int) -> None: ...
+
+    # The new user's mistake: the short name of a registered task.
+    with pytest.raises(pgjobs.UnknownTask, match=r"did you mean 'shop\.send_mail'") as raised:
+        app.enqueue(conn, "send_mail", user_id=1)
+    assert "strict_names=False" in str(raised.value)  # and how a pure producer opts out
+    with pytest.raises(pgjobs.UnknownTask, match=r"'shop\.send_mail' or 'shop\.send_sms'"):
+        app.enqueue(conn, "shop.send_mial", user_id=1)
+    with pytest.raises(pgjobs.UnknownTask) as far:
+        app.task("billing.charge", queue="billing")  # enqueue_many and batches use these
+    assert "did you mean" not in str(far.value)
+    with pytest.raises(pgjobs.UnknownTask):
+        app.get_task("send_mail")
+    # Nothing was written, and a refusal is a PgJobsError like every other.
+    assert conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE task IN "
+                        "('send_mail', 'shop.send_mial')").fetchone() == (0,)
+    assert issubclass(pgjobs.UnknownTask, pgjobs.PgJobsError)
+
+
+def test_an_app_without_tasks_or_with_strict_names_off_enqueues_any_name(
+    shared_dsn: str, conn: Conn,
+) -> None:
+    pure = pgjobs.App(dsn=shared_dsn)  # registers nothing: a producer, not checked
+    mixed = pgjobs.App(dsn=shared_dsn, strict_names=False)
+
+    @mixed.job(name="local.task")
+    def local() -> None: ...
+
+    ids = [pure.enqueue(conn, "shop.send_mail", user_id=1).id,
+           mixed.enqueue(conn, "shop.send_mail", user_id=2).id,
+           *(j.id for j in mixed.task("shop.send_mail").enqueue_many(conn, [{"user_id": 3}]))]
+    assert conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                        "AND task = 'shop.send_mail'", (ids,)).fetchone() == (3,)
+    with pytest.raises(pgjobs.InvalidOption, match="strict_names"):
+        pgjobs.App(dsn=shared_dsn, strict_name=False)
+
+
+def test_enqueue_by_name_of_an_unregistered_task(shared_dsn: str, conn: Conn) -> None:
+    app = pgjobs.App(dsn=shared_dsn, strict_names=False)
+
+    @app.job(name="emails.welcome")
+    def welcome(user_id: int) -> None: ...
+
     plain = app.enqueue(conn, "billing.charge", invoice=42, anything="goes")
     ref = app.task("billing.charge", queue="billing", max_attempts=3)
     referenced = ref.enqueue(conn, invoice=43)

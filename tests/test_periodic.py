@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import pgjobs
 from pgjobs.ops.cli import cli
 from pgjobs.worker.maintenance.periodic import PeriodicEnqueuer
-from tests.helpers import query, scalar
+from tests.helpers import WorkerProcess, query, scalar, wait_until
 
 pytestmark = pytest.mark.xdist_group("periodic")
 
@@ -235,3 +235,43 @@ def test_racing_enqueuers_enqueue_each_tick_once(fresh_dsn: str) -> None:
     for ids, counts in asyncio.run(race()):
         assert len(ids) == len(counts) >= 5
         assert {n for _, n in counts} == {1}
+
+
+# -- which workers tick ------------------------------------------------------------------
+
+
+def test_a_schedule_is_ticked_only_by_workers_that_serve_its_queue(fresh_dsn: str) -> None:
+    """Real worker processes of an app with a schedule per queue: one that serves only
+    mail enqueues mail ticks and never strands a report tick in the unserved reports
+    queue; a worker of reports, once started, ticks and runs the reports schedule."""
+
+    def queued(queue: str) -> int:
+        return int(scalar(fresh_dsn, "SELECT count(*) FROM pgjobs.jobs WHERE queue = %s",
+                          queue))
+
+    def succeeded(queue: str) -> int:
+        return int(scalar(fresh_dsn, "SELECT count(*) FROM pgjobs.jobs WHERE queue = %s "
+                                     "AND state = 'succeeded'", queue))
+
+    args = ("--poll-interval", "0.2", "--lease", "5")
+    mail = WorkerProcess(fresh_dsn, "--queues", "mail", *args,
+                         app="workerapps.periodic_queues:app")
+    reports: WorkerProcess | None = None
+    try:
+        # Both schedules are due every second and were ticked in the same pass before:
+        # three mail ticks mean three passes in which a report tick was due.
+        wait_until(lambda: succeeded("mail") >= 3, 60, "three mail ticks run")
+        assert queued("reports") == 0, mail.log()
+        # Synced all the same: both schedules are in the table, enabled.
+        assert query(fresh_dsn, "SELECT name, enabled FROM pgjobs.periodic ORDER BY name") == [
+            ("mail_digest", True), ("nightly_report", True)]
+        reports = WorkerProcess(fresh_dsn, "--queues", "reports", *args,
+                                app="workerapps.periodic_queues:app")
+        wait_until(lambda: succeeded("reports") >= 2, 60, "report ticks run")
+        # Each worker ticks its own queue's schedule: still one job per tick.
+        assert query(fresh_dsn, "SELECT count(*) = count(DISTINCT meta->>'tick') "
+                                "FROM pgjobs.jobs GROUP BY queue") == [(True,), (True,)]
+    finally:
+        for worker in (mail, reports):
+            if worker is not None:
+                worker.close()

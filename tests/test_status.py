@@ -90,6 +90,28 @@ def test_due_jobs_without_a_worker_for_their_queue(fresh_dsn: str) -> None:
     assert "--queues reports" in messages(report, "queue_unserved")[0]
 
 
+def test_jobs_of_a_task_no_worker_has_are_shown(fresh_app: pgjobs.App, fresh_dsn: str) -> None:
+    register(fresh_app, "shop.send_mail", queue="mail")
+    producer = pgjobs.App(dsn=fresh_dsn, strict_names=False)  # does not import the workers
+    with psycopg.connect(fresh_dsn) as conn:
+        for n in range(3):
+            producer.enqueue(conn, "send_mail", user_id=n)  # the short name: a typo
+        producer.task("send_mail", max_attempts=1).enqueue(conn, user_id=9)
+        producer.enqueue(conn, "shop.send_mail", user_id=1)
+    worker(fresh_dsn, "default,mail")
+    assert drain(fresh_app) == {"retry": 3, "dead": 1, "succeeded": 1}
+    code, report = status(fresh_dsn)
+    (unknown,) = report["unknown_tasks"]
+    assert {k: unknown[k] for k in ("queue", "task", "retrying", "dead")} == {
+        "queue": "default", "task": "send_mail", "retrying": 3, "dead": 1}
+    assert code == 1 and codes(report) == ["unknown_task"]
+    (message,) = messages(report, "unknown_task")
+    assert "4 job(s) of task 'send_mail' in queue 'default'" in message
+    assert "3 retrying, 1 dead" in message
+    screen = run("status", PGJOBS_DATABASE_URL=fresh_dsn)
+    assert "UNKNOWN TASKS" in screen.stdout and "WARNING [unknown_task]" in screen.stdout
+
+
 def test_a_paused_queue_with_due_jobs(fresh_dsn: str) -> None:
     worker(fresh_dsn, "mail")
     job(fresh_dsn, "mail")

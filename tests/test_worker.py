@@ -179,17 +179,29 @@ def test_cancel_ends_the_job_with_its_reason(dsn: str) -> None:
     assert row["finished_at"] is not None
 
 
-def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(dsn: str) -> None:
+def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(
+    dsn: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker's own App refuses the name; a producer that opted out stores it.
+    producer = pgjobs.App(dsn=dsn, strict_names=False)
     with psycopg.connect(dsn) as conn:
-        ghost = app.enqueue(conn, "os.system", command="rm -rf /").id
+        ghost = producer.enqueue(conn, "os.system", command="rm -rf /").id
+        typo = producer.enqueue(conn, "doubel", x=2).id
         ok = basic.double.enqueue(conn, x=1).id
-    stats = drain(app)
-    assert stats["succeeded"] == 1 and stats["retry"] == 1
+    with caplog.at_level(logging.WARNING, logger="pgjobs.worker"):
+        stats = drain(app)
+    assert stats["succeeded"] == 1 and stats["retry"] == 2
     row = job(dsn, ghost)
     assert row["state"] == "available" and row["attempt"] == 1
     assert "'os.system'" in row["errors"][0]["message"]  # type: ignore[index]
     assert row["errors"][0]["type"] == "pgjobs.UnknownTask"  # type: ignore[index]
+    assert "did you mean 'double'?" in job(dsn, typo)["errors"][0]["message"]  # type: ignore[index]
     assert job_state(dsn, ok) == "succeeded"
+    # Said at WARNING (a routine retry is INFO), with the job and the task.
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "UnknownTask" not in r.getMessage()]
+    assert any(f"job {ghost} " in m and "'os.system'" in m for m in warned), warned
+    assert any(f"job {typo} " in m and "did you mean 'double'?" in m for m in warned), warned
 
 
 def test_timeouts_cancel_async_handlers_and_ask_sync_ones_to_stop(dsn: str) -> None:

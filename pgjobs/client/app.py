@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from ..core.errors import ConfigurationError, InvalidOption, MissingDatabaseURL, UnknownTask
 from ..core.hooks import EventKind, Hooks, Listener, Phase
 from ..core.limits import KeyLimit
-from ..core.names import check_task_name
+from ..core.names import check_task_name, did_you_mean
 from ..core.options import JobOptions
 from ..core.schedule import Schedule
 from ..core.types import BatchStatus, Enqueued, JobChange, JobResult
@@ -147,8 +147,8 @@ class App:
         job's arguments. ``catch_up``: what happens to ticks missed while no worker ran:
         ``"latest"`` enqueues the newest once, ``"skip"`` none (only ticks found less than
         a minute late run), ``"all"`` every one within ``catch_up_window`` (default one
-        hour). Every worker process enqueues due ticks, each exactly once.
-        """
+        hour). Every worker process that serves the job's queue enqueues due ticks,
+        each exactly once; a worker of other queues never ticks it."""
 
         def register(task: Task[P, R]) -> Task[P, R]:
             self.schedule(task, cron, name=name, kwargs=kwargs, tz=tz, catch_up=catch_up,
@@ -210,18 +210,33 @@ class App:
 
     def task(self, name: str, **options: Any) -> Task[..., Any]:
         """The task called ``name``: the registered one, or a reference for producers that
-        do not import the handler (give its ``queue`` and other defaults here)."""
+        do not import the handler (give its ``queue`` and other defaults here).
+
+        A reference is refused with :class:`pgjobs.UnknownTask` (naming close matches)
+        when this App has registered tasks of its own, unless it was created with
+        ``strict_names=False``: a name none of them has is most likely a typo."""
         registered = self.tasks.get(name)
         if registered is not None:
             return registered.options(**options) if options else registered
-        return Task(self, check_task_name(name), JobOptions().merge(options), None)
+        reference: Task[..., Any] = Task(self, check_task_name(name),
+                                         JobOptions().merge(options), None)
+        if self.tasks and self.config.strict_names:
+            # A job no worker can run would be retried for weeks: refuse it here, where
+            # the typo is made. A pure producer (no tasks registered) is not checked.
+            raise UnknownTask(
+                f"no task named {name!r} is registered in this app{did_you_mean(name, self.tasks)}"
+                " (a producer that does not import the workers' code: "
+                "App(..., strict_names=False))"
+            )
+        return reference
 
     def get_task(self, name: str) -> Task[..., Any]:
         try:
             return self.tasks[name]
         except KeyError:
             raise UnknownTask(
-                f"no task named {name!r} is registered in this app; registered: "
+                f"no task named {name!r} is registered in this app"
+                f"{did_you_mean(name, self.tasks)}; registered: "
                 f"{', '.join(sorted(self.tasks)) or 'none'}"
             ) from None
 
@@ -229,7 +244,11 @@ class App:
         self, conn: ConnectionLike | None, task_name: str, /, **kwargs: Any
     ) -> Enqueued:
         """Enqueue ``task_name`` with keyword ``kwargs`` on ``conn`` (None: own transaction;
-        a SQLAlchemy session or Django's connection as in :meth:`Task.enqueue`)."""
+        a SQLAlchemy session or Django's connection as in :meth:`Task.enqueue`).
+
+        ``task_name`` must be registered in this App when it has registered tasks
+        (:class:`pgjobs.UnknownTask` names the close matches); see :meth:`task` and
+        ``strict_names``."""
         return self.task(task_name).enqueue(conn, **kwargs)
 
     # -- connections -----------------------------------------------------------------

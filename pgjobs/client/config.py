@@ -43,6 +43,13 @@ class Config:
     WAL flush), so with many concurrent enqueuers False can raise their throughput; workers
     then find jobs by polling (``--poll-interval``)."""
 
+    strict_names: bool = True
+    """Enqueue by name (``app.enqueue(conn, "name")``, ``app.task("name")``) refuses a name
+    that no ``@app.job`` of this App registered, with :class:`pgjobs.UnknownTask` naming
+    the close matches, as long as the App has registered tasks (one with none is a pure
+    producer and may name any task). False: a producer that registers some tasks but does
+    not import the workers' code enqueues any valid name, unchecked."""
+
     def __post_init__(self) -> None:
         check_schema(self.schema)
         if self.max_args_bytes is not None and self.max_args_bytes < 2:

@@ -36,7 +36,16 @@ from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from .errors import ConfigurationError
-from .outcomes import CANCELLED, DEAD, LEASE_LOST, RELEASED, RETRY, SNOOZED, SUCCEEDED
+from .outcomes import (
+    CANCELLED,
+    CRASHED,
+    DEAD,
+    LEASE_LOST,
+    RELEASED,
+    RETRY,
+    SNOOZED,
+    SUCCEEDED,
+)
 
 log = logging.getLogger("pgjobs.hooks")
 T = TypeVar("T")
@@ -49,13 +58,14 @@ EVENT_KINDS = frozenset(get_args(EventKind))
 OUTCOME_EVENT: Mapping[str, EventKind] = {
     SUCCEEDED: "succeeded", RETRY: "retried", DEAD: "died", CANCELLED: "cancelled",
     SNOOZED: "snoozed", RELEASED: "released", LEASE_LOST: "lease_lost",
+    CRASHED: "reclaimed",
 }
 """The event an attempt's outcome (``core.outcomes``) is reported as."""
 STATE_AFTER: Mapping[str, str | None] = {
     "enqueued": "available", "started": "running", "succeeded": "succeeded",
     "retried": "available", "died": "dead", "cancelled": "cancelled",
     "snoozed": "available", "released": "available", "lease_lost": None,
-    "expired": "expired",
+    "expired": "expired", "reclaimed": "available",
 }
 _NO_META: Mapping[str, Any] = MappingProxyType({})
 

@@ -7,7 +7,9 @@ hostile name never reaches the database; names are passed as parameters or compo
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 from .errors import InvalidName
 
@@ -36,6 +38,21 @@ def check_task_name(value: object) -> str:
         "use 1-255 characters from letters, digits, '_', '.', ':', '<', '>' and '-', "
         "starting with a letter or '_' (pass @app.job(name=...) to choose one)",
     )
+
+
+def close_task_names(name: str, known: Iterable[str], limit: int = 3) -> list[str]:
+    """Registered names ``name`` was probably meant to be: those that end in ``.name``
+    (``send_mail`` for ``shop.send_mail``), then difflib's close matches."""
+    names = sorted(known)
+    suffix = [k for k in names if k.endswith("." + name) or k.endswith(":" + name)]
+    similar = difflib.get_close_matches(name, names, n=limit, cutoff=0.6)
+    return list(dict.fromkeys([*suffix, *similar]))[:limit]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'shop.send_mail'?"``, or ``""`` when nothing is close."""
+    close = close_task_names(name, known)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def check_schema(value: object) -> str:

@@ -8,6 +8,9 @@ completer writes (``db.completions`` turns each kind into the values of one row)
     cancelled  it raised Cancel
     released   interrupted by shutdown: available again in its place, the attempt refunded
     lease_lost another attempt owns the job: nothing is written
+    crashed    its isolated process died (a suspect, see worker/isolated.py): a recovery,
+               as if its worker had been lost: available again in its place, the attempt
+               refunded, ``recoveries`` + 1; ``dead`` instead past the recovery budget
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SNOOZED = "snoozed"
 CANCELLED = "cancelled"
 RELEASED = "released"
 LEASE_LOST = "lease_lost"
+CRASHED = "crashed"
 
 MAX_TRACEBACK = 20_000
 """Longest traceback kept per error, in characters (the end of it)."""
@@ -48,6 +52,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     result: str | None = None
     meta: dict[str, Any] | None = None
+    dead: bool = False
+    """For ``crashed``: the recovery budget is spent, the job is dead."""
 
 
 def default_backoff(attempt: int) -> float:
@@ -92,3 +98,16 @@ def failure(job: ClaimedJob, exc: BaseException, backoff: Callable[[int], float]
                       backoff_error)
             delay = default_backoff(job.attempt)
     return Outcome(RETRY, delay=max(0.0, delay), error=entry)
+
+
+def crashed(job: ClaimedJob, budget: int, how: str) -> Outcome:
+    """The process running ``job`` alone died (``how``: "killed by SIGKILL", "exit
+    status 3"): counted as a recovery, like a lost worker's job, and ``dead`` once the
+    job has been recovered ``budget`` times already. Its error reads like the reclaim's."""
+    dead = job.recoveries >= budget
+    message = (f"worker lost: the process running it alone {how}; "
+               + (f"recovery budget of {budget} exhausted, job is dead" if dead
+                  else "job recovered"))
+    error = {"attempt": job.attempt, "type": "pgjobs.WorkerLost", "message": message,
+             "traceback": None}
+    return Outcome(CRASHED, error=error, dead=dead)

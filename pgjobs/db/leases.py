@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.outcomes import (
     CANCELLED,
+    CRASHED,
     DEAD,
     LEASE_LOST,
     RELEASED,
@@ -27,8 +28,9 @@ from ..core.types import SweptJob
 from .queries import Queries
 from .statement import Query, Rows, every, first, named
 
-# (state, delay seconds, attempt refund, error, result JSON text, meta)
-Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None]
+# (state, delay seconds, attempt refund, error, result JSON text, meta, recoveries added)
+Row = tuple[str, float | None, int, dict[str, Any] | None, str | None, dict[str, Any] | None,
+            int]
 # What a handler reported and no heartbeat has written yet: (progress, checkpoint) as JSON
 # text, None for each that has not changed.
 Reports = tuple[str | None, str | None]
@@ -40,17 +42,19 @@ def outcome_row(outcome: Outcome) -> Row | None:
     kind = outcome.kind
     error, meta, delay = outcome.error, outcome.meta, outcome.delay
     if kind == SUCCEEDED:
-        return ("succeeded", delay, 0, None, outcome.result, None)
+        return ("succeeded", delay, 0, None, outcome.result, None, 0)
     if kind == RETRY:
-        return ("available", delay, 0, error, None, None)
+        return ("available", delay, 0, error, None, None, 0)
     if kind == DEAD:
-        return ("dead", delay, 0, error, None, None)
+        return ("dead", delay, 0, error, None, None, 0)
     if kind == SNOOZED:
-        return ("available", delay, 1, None, None, meta)
+        return ("available", delay, 1, None, None, meta, 0)
     if kind == CANCELLED:
-        return ("cancelled", delay, 0, None, None, meta)
+        return ("cancelled", delay, 0, None, None, meta, 0)
     if kind == RELEASED:  # no delay: it keeps its run_at, its place in line
-        return ("available", None, 1, None, None, None)
+        return ("available", None, 1, None, None, None, 0)
+    if kind == CRASHED:  # a recovery: refunded, counted apart, in its place in line
+        return ("dead" if outcome.dead else "available", None, 1, error, None, None, 1)
     if kind == LEASE_LOST:
         return None
     raise AssertionError(f"unknown outcome {kind!r}")
@@ -64,7 +68,7 @@ def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]],
     return Query(q.job_complete_many, outcomes_param(writes, reports), _ids, schema=q.schema)
 
 
-PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None)
+PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None, 0)
 
 
 def plain_success(row: Row) -> bool:
@@ -83,8 +87,8 @@ def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set
 def outcomes_param(writes: Sequence[tuple[int, Any, Row]],
                    reports: Sequence[Reports] | None = None) -> dict[str, str]:
     """``job_complete_many``'s one parameter: a JSON array of [id, token, state, delay,
-    refund, error, result, meta, progress, checkpoint] rows (one text parameter is far
-    cheaper to send than ten arrays dumped element by element)."""
+    refund, error, result, meta, recovered, progress, checkpoint] rows (one text parameter
+    is far cheaper to send than eleven arrays dumped element by element)."""
     if reports is None:
         document = [[job_id, str(token), *row] for job_id, token, row in writes]
     else:

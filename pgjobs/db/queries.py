@@ -70,6 +70,7 @@ class Queries:
     queue_set_limits: sql.SQL
     queue_list: sql.SQL
     status_queues: sql.SQL
+    status_unknown_tasks: sql.SQL
     status_workers: sql.SQL
     status_tables: sql.SQL
     status_horizon: sql.SQL

@@ -24,6 +24,12 @@ def queues(q: Queries) -> Records:
     return Query(q.status_queues, None, every, records, schema=q.schema)
 
 
+def unknown_tasks(q: Queries) -> Records:
+    """Per queue and task whose jobs last failed with UnknownTask: queue, task, retrying,
+    dead, last_failed_at."""
+    return Query(q.status_unknown_tasks, None, every, records, schema=q.schema)
+
+
 def workers(q: Queries) -> Records:
     """Workers not stopped (and stopped in the last hour): id, host, pid, state, queues,
     concurrency, started_at, heartbeat_at, silent, lease, running."""

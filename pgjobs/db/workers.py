@@ -9,10 +9,13 @@ from .statement import Query, rowcount, scalar
 
 
 def register(q: Queries, host: str, pid: int, queues: Sequence[str], concurrency: int,
-             version: str, lease: float, tasks: Sequence[str] = ()) -> Query[int]:
-    """A new ``workers`` row, with the names of the tasks it can run; its id."""
+             version: str, lease: float, tasks: Sequence[str] = (), isolates: bool = False
+             ) -> Query[int]:
+    """A new ``workers`` row, with the names of the tasks it can run; its id. ``isolates``:
+    it runs suspects in processes of their own, so the claim gives it any number of them
+    (``db.sql.claim``)."""
     params = {"host": host, "pid": pid, "queues": list(queues), "concurrency": concurrency,
-              "version": version, "lease": lease, "tasks": sorted(tasks)}
+              "version": version, "lease": lease, "tasks": sorted(tasks), "isolates": isolates}
     return Query(q.worker_register, params, scalar, schema=q.schema)
 
 

@@ -34,7 +34,7 @@ class Thresholds:
 class StatusWarning:
     code: str
     """A stable name for machines: queue_paused, queue_waiting, queue_unserved,
-    worker_stale, periodic_overdue, xmin_horizon, dead_tuples."""
+    worker_stale, periodic_overdue, unknown_task, xmin_horizon, dead_tuples."""
     message: str
     """One line that says what is wrong and what to do."""
 
@@ -47,6 +47,9 @@ class Status:
     periodic: list[dict[str, Any]]
     tables: list[dict[str, Any]]
     horizon: list[dict[str, Any]]
+    unknown_tasks: list[dict[str, Any]] = field(default_factory=list)
+    """Per queue and task, jobs whose latest attempt failed as no worker had the task
+    registered: retrying (waiting for their next attempt) and dead."""
     warnings: list[StatusWarning] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -84,7 +87,8 @@ def collect(conn: psycopg.Connection[Any], queries: Queries,
         ) if schedule["enabled"] else None
     tables = reads.tables(queries).run(conn)
     horizon = reads.horizon(queries).run(conn)
-    found = Status(now, queues, workers, schedules, tables, horizon)
+    unknown = reads.unknown_tasks(queries).run(conn)
+    found = Status(now, queues, workers, schedules, tables, horizon, unknown)
     found.warnings = warnings(found, queries.schema, thresholds)
     return found
 
@@ -92,7 +96,7 @@ def collect(conn: psycopg.Connection[Any], queries: Queries,
 def warnings(status: Status, schema: str, limits: Thresholds) -> list[StatusWarning]:
     """The rules, each a line an operator can act on."""
     found = [*_queue_warnings(status, limits), *_worker_warnings(status),
-             *_periodic_warnings(status, limits)]
+             *_periodic_warnings(status, limits), *_unknown_task_warnings(status)]
     holders = [h for h in status.horizon if _holds_horizon(h, limits)]
     found += [StatusWarning("xmin_horizon", _holder_message(h)) for h in holders]
     for table in status.tables:
@@ -147,9 +151,21 @@ def _periodic_warnings(status: Status, limits: Thresholds) -> list[StatusWarning
         if tick is not None and (status.now - tick).total_seconds() > limits.periodic_grace:
             found.append(StatusWarning("periodic_overdue", (
                 f"schedule {p['name']!r} ({p['schedule']}) has a tick due since "
-                f"{duration(status.now - tick)}: no worker of the app that declares it is "
-                "running (any worker with the schedule in its code enqueues ticks)")))
+                f"{duration(status.now - tick)}: no worker of the app that declares it "
+                "serves its queue (a worker ticks the schedules of the queues it claims "
+                "from: start one with --queues including that queue)")))
     return found
+
+
+def _unknown_task_warnings(status: Status) -> list[StatusWarning]:
+    return [StatusWarning("unknown_task", (
+        f"{u['retrying'] + u['dead']:,} job(s) of task {u['task']!r} in queue {u['queue']!r} "
+        "failed because the worker that claimed them has no such task registered "
+        f"({u['retrying']:,} retrying, {u['dead']:,} dead; "
+        f"last {_ago(u['last_failed_at'], status.now)}): "
+        "deploy workers that register it, or, if the name is a producer's typo, cancel them "
+        "(pgjobs jobs cancel) and fix the producer"))
+        for u in status.unknown_tasks]
 
 
 def _holds_horizon(holder: dict[str, Any], limits: Thresholds) -> bool:

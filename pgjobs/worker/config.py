@@ -34,7 +34,8 @@ class WorkerConfig:
 
     queues: tuple[str, ...] | None = None
     """Queues to claim from (a comma-separated string is split). Default (None): every
-    queue of the app's registered tasks, plus default."""
+    queue of the app's registered tasks and periodic schedules, plus default. A worker
+    enqueues the periodic ticks of these queues only."""
     concurrency: int = 10
     """Jobs run at once by this process (async ones on the loop, sync ones in threads)."""
     lease: float = 30.0
@@ -50,6 +51,11 @@ class WorkerConfig:
     """Exit once no due job is left (and nothing is running)."""
     recovery_budget: int = 3
     """Times a job may be recovered after a lost worker before it is dead."""
+    isolate_suspects: bool = True
+    """Run each recovered job (a suspect: it may be what killed a worker) in a new
+    process of its own, any number at once, so that a poison job kills only its own
+    process and the innocent jobs of the same crash run at once. Needs --app (the child
+    imports it); without it, or off, a worker runs one suspect at a time, in-process."""
     listen: bool = True
     """LISTEN for new jobs, on the app's listen DSN (a direct connection when the DSN
     goes through PgBouncer; with pgbouncer set and no listen DSN the worker polls).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from ..core.args import Undecodable, encode_result
 from ..core.control import Cancel, Snooze
 from ..core.errors import InvalidArgs, JobTimeout, LeaseLost, UnknownTask
 from ..core.hooks import Hooks, acall_through, call_through
+from ..core.names import did_you_mean
 from ..core.outcomes import (
     CANCELLED,
     LEASE_LOST,
@@ -34,6 +36,8 @@ from ..core.outcomes import (
 from ..core.types import ClaimedJob
 from .context import JobContext, _current
 from .host import Handler
+
+log = logging.getLogger("pgjobs.worker")
 
 
 def check_args(job: ClaimedJob) -> None:
@@ -59,6 +63,9 @@ class Executor:
             task = self.resolve_task(job)
             check_args(job)
         except (UnknownTask, InvalidArgs) as exc:
+            # Not a handler's failure but a deploy's or a producer's mistake, which no
+            # retry fixes by itself: say so louder than a routine retry (INFO).
+            log.warning("%s", exc)
             return failure(job, exc, default_backoff)
         backoff = task.retry_backoff or default_backoff
         try:
@@ -86,8 +93,9 @@ class Executor:
         task = self.tasks.get(job.task)
         if task is None or task.fn is None:
             raise UnknownTask(
-                f"job {job.id} names task {job.task!r}, which this worker does not have "
-                "registered; deploy the code that registers it (jobs are retried meanwhile)"
+                f"job {job.id} (queue {job.queue!r}) names task {job.task!r}, which this "
+                f"worker does not have registered{did_you_mean(job.task, self.tasks)}; deploy "
+                "the code that registers it (jobs are retried meanwhile)"
             )
         return task
 

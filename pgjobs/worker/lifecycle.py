@@ -21,7 +21,8 @@ import os
 import socket
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar, cast
 
 from psycopg.types.json import set_json_loads
 
@@ -36,6 +37,7 @@ from .config import WorkerConfig
 from .context import JobContext
 from .executor import Executor
 from .host import Host
+from .isolated import IsolatedRunner
 from .leases import Heartbeat
 from .listener import listen
 from .maintenance.maintainer import Maintenance, steps
@@ -49,14 +51,19 @@ T = TypeVar("T")
 
 
 class Worker:
-    """Runs jobs of ``app`` until stopped (or, in burst mode, until none is due)."""
+    """Runs jobs of ``app`` until stopped (or, in burst mode, until none is due).
 
-    def __init__(self, app: Host, config: WorkerConfig | None = None) -> None:
+    ``app_spec`` (``pkg.module:app``, as ``--app``): where a child process finds the app
+    to run a suspect in isolation (``WorkerConfig.isolate_suspects``); without it the
+    worker runs suspects one at a time, in its own process."""
+
+    def __init__(self, app: Host, config: WorkerConfig | None = None,
+                 app_spec: str | None = None) -> None:
         self.app = app
         self.config = config = config or WorkerConfig()
-        self.queues = list(
-            config.queues or sorted({t.opts.queue for t in app.tasks.values()} | {"default"})
-        )
+        self.queues = list(config.queues or sorted(
+            {t.opts.queue for t in app.tasks.values()}
+            | {s.task.opts.queue for s in app.schedules.values()} | {"default"}))
         queries = self.queries = app.queries
         prepare = app.config.prepare_threshold is not None
 
@@ -69,12 +76,16 @@ class Worker:
                                       generic_plans=True)
         self.summary = Summary(config.summary_interval)
         self.ahead = ClaimAhead(config.concurrency, config.prefetch)
+        isolated = None
+        if app_spec is not None and config.isolate_suspects:
+            isolated = IsolatedRunner(app_spec, lambda: replace(cast(Any, app.config), dsn=app.dsn),
+                                      config.recovery_budget)
         self.executor = Executor(app.tasks, threads=config.concurrency, hooks=app.hooks)
         self.completer = Completer(self.dbs["complete"], queries, self._written)
         self.pools = TransactionPools(dsn, config.concurrency, app.config.prepare_threshold)
         self.slots = Slots(config.concurrency, self.executor, self.completer, queries,
                            app.tasks, self.summary, self._poke, self.ahead.ran, app.hooks,
-                           self.pools)
+                           self.pools, isolated)
         keyed = any(t.limit is not None and t.opts.queue in self.queues
                     for t in app.tasks.values())
         router = ClaimRouter(queries, self.queues, keyed=keyed)
@@ -82,7 +93,7 @@ class Worker:
                                self.slots, self.ahead, settle=self._settle)
         self.heartbeat = Heartbeat(self.dbs["heartbeat"], queries, self.slots, config.lease,
                                    lambda: self.worker_id)
-        self.maintenance = Maintenance(self.dbs["maintenance"], steps(app, config))
+        self.maintenance = Maintenance(self.dbs["maintenance"], steps(app, config, self.queues))
         self.worker_id: int | None = None
         self.shutdown_timeout = config.shutdown_timeout
         self._immediately = asyncio.Event()
@@ -131,6 +142,11 @@ class Worker:
 
     def _written(self, batch: list[Pending]) -> None:
         self.slots.written(batch)
+        if any(p.ctx.job.recoveries for p in batch):
+            # The claim takes no suspect while this worker runs one, and sees it running
+            # until its outcome is written: claim now, not at the next poll, so recovered
+            # jobs do not wait a poll interval each.
+            self._poke()
         # Their batches' counters changed: fold them, so callbacks fire promptly.
         ids = {p.ctx.job.batch_id for p in batch if p.ctx.job.batch_id is not None}
         if ids:
@@ -208,7 +224,7 @@ class Worker:
     async def _register(self) -> int:
         query = workers.register(self.queries, socket.gethostname(), os.getpid(), self.queues,
                                  self.config.concurrency, __version__, self.config.lease,
-                                 list(self.app.tasks))
+                                 list(self.app.tasks), isolates=self.slots.isolated is not None)
         return await self._connected(query.arun)
 
     # -- shutdown ----------------------------------------------------------------------

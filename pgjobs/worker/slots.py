@@ -22,6 +22,7 @@ from .completer import Completer, Pending
 from .context import JobContext
 from .executor import Executor
 from .host import Handler
+from .isolated import IsolatedRunner, isolable
 from .summary import OUTCOME_LEVEL, Summary, job_line
 from .txpool import TransactionPools
 
@@ -34,7 +35,8 @@ class Slots:
     def __init__(self, concurrency: int, executor: Executor, completer: Completer,
                  queries: Queries, tasks: Mapping[str, Handler], summary: Summary,
                  on_finished: Callable[[], None], on_ran: Callable[[float], None],
-                 hooks: Hooks, pools: TransactionPools | None = None) -> None:
+                 hooks: Hooks, pools: TransactionPools | None = None,
+                 isolated: IsolatedRunner | None = None) -> None:
         self.concurrency = concurrency
         self.executor = executor
         self.completer = completer
@@ -44,6 +46,9 @@ class Slots:
         self.on_finished = on_finished
         self.on_ran = on_ran
         self.pools = pools
+        self.isolated = isolated
+        """Runs suspects (recovered jobs) in processes of their own; None: here, one at a
+        time (the claim gives this worker no second one)."""
         self.running: dict[Any, tuple[JobContext, asyncio.Task[None]]] = {}
         self.ready: deque[JobContext] = deque()
         self.leases: dict[Any, JobContext] = {}
@@ -94,7 +99,7 @@ class Slots:
             self.report(ctx, "started")
         started = time.perf_counter()
         try:
-            outcome = await self.executor.execute(ctx.job, ctx)
+            outcome = await self.execute(ctx)
         except BaseException as exc:
             outcome = failure(ctx.job, exc, default_backoff)
             log.exception("job %s: internal error, recorded as a failure", ctx.id)
@@ -109,6 +114,16 @@ class Slots:
         self.summary.count(outcome.kind, self.held)
         self.on_finished()
 
+    async def execute(self, ctx: JobContext) -> Outcome:
+        """A suspect in a process of its own when the worker isolates them, else here."""
+        job = ctx.job
+        if self.isolated is None or not isolable(job) or job.task not in self.tasks:
+            return await self.executor.execute(job, ctx)
+        try:
+            return await self.isolated.run(job, ctx)
+        except asyncio.CancelledError:  # lease lost, or interrupted by shutdown
+            return self.executor.interrupted(job, ctx)
+
     def written(self, batch: list[Pending]) -> None:
         """The completer wrote these outcomes: their leases are no longer held."""
         for pending in batch:
@@ -119,15 +134,18 @@ class Slots:
                 if pending.duration is not None:  # started (else: handed back unstarted)
                     lost = pending.ctx.lease_lost and not pending.ctx.completed
                     kind = "lease_lost" if lost else OUTCOME_EVENT[pending.outcome.kind]
-                    self.report(pending.ctx, kind, pending.duration, pending.outcome.error)
+                    state = "dead" if pending.outcome.dead else None  # a crash past budget
+                    self.report(pending.ctx, kind, pending.duration, pending.outcome.error,
+                                state)
 
     def report(self, ctx: JobContext, kind: EventKind, duration: float | None = None,
-               error: Mapping[str, Any] | None = None) -> None:
-        """Tell ``kind``'s listeners, if any, about ``ctx``'s job."""
+               error: Mapping[str, Any] | None = None, state: str | None = None) -> None:
+        """Tell ``kind``'s listeners, if any, about ``ctx``'s job (``state``: the state
+        after it, when the kind alone does not say)."""
         if self.hooks.wants(kind):
             job = ctx.job
             self.hooks.emit(JobEvent(kind, job.id, job.task, job.queue, job.attempt,
-                                     STATE_AFTER[kind], duration, error, job.meta,
+                                     state or STATE_AFTER[kind], duration, error, job.meta,
                                      self.worker_id))
 
     def occupancy(self) -> None:

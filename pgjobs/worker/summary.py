@@ -8,14 +8,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ..core.outcomes import DEAD, RETRY
+from ..core.outcomes import CRASHED, DEAD, RETRY
 from .context import JobContext
 
 log = logging.getLogger("pgjobs.worker")
 
 # One line per job costs about as much as running a no-op job, so routine outcomes are
 # DEBUG and a summary line reports them (``WorkerConfig.summary_interval``).
-OUTCOME_LEVEL = {RETRY: logging.INFO, DEAD: logging.WARNING}
+OUTCOME_LEVEL = {RETRY: logging.INFO, DEAD: logging.WARNING, CRASHED: logging.WARNING}
 
 
 class Summary:

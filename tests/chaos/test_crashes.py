@@ -120,19 +120,23 @@ def test_random_sigkills_with_respawn_lose_nothing_and_run_effects_once(
 
 
 @pytest.mark.timeout(scale(180, 600))
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
 def test_a_poison_job_dies_after_the_recovery_budget_and_others_keep_flowing(
-    db: str, fleet: Fleet, rng: random.Random
+    db: str, fleet: Fleet, rng: random.Random, isolate: bool
 ) -> None:
-    """The poison job kills every worker that runs it; the supervisor respawns them. It
+    """The poison job kills the worker that runs it; the supervisor respawns them. It
     ends dead by "worker lost" after the budget although max_attempts is 1 (recoveries
-    are not attempts), and every other job succeeds."""
+    are not attempts), and every other job succeeds. Isolated (the default), only its
+    first run kills a worker: once a suspect, it runs in processes of its own, whose
+    deaths the worker records at once; in-process, it kills a worker every time."""
     budget, n = scale(1, 3), scale(60, 600)
     with psycopg.connect(db) as conn:
         poison = chaos.poison.enqueue(conn).id
         ids = [j.id for j in chaos.effect.enqueue_many(
             conn, [{"sleep": rng.uniform(0, 0.05)} for _ in range(n)])]
     args = ["--lease", "1.5", "--poll-interval", "0.2", "--concurrency", "4",
-            "--recovery-budget", str(budget)]
+            "--recovery-budget", str(budget),
+            "--isolate-suspects" if isolate else "--no-isolate-suspects"]
     for _ in range(2):
         fleet.spawn(*args)
 
@@ -157,7 +161,10 @@ def test_a_poison_job_dies_after_the_recovery_budget_and_others_keep_flowing(
     assert scalar(db, "SELECT count(*) FROM public.chaos_attempts WHERE job_id = %s",
                   poison) == budget + 1
     crashed = sum(1 for w in fleet.workers if w.returncode == 77)
-    assert crashed == budget + 1
+    alone = [e["message"] for e in errors if "a process of its own" in e["message"]
+             or "the process running it alone" in e["message"]]
+    assert crashed == (1 if isolate else budget + 1)
+    assert len(alone) == (budget if isolate else 0), errors
     others = scalar(db, "SELECT sum(recoveries) FROM pgjobs.jobs WHERE id <> %s", poison)
     print(f"poison: budget {budget}, {crashed} workers killed, {n} other jobs, "
           f"their recoveries: {others}")
@@ -255,6 +262,59 @@ def test_a_claim_takes_one_suspect_and_none_beside_a_running_one(db: str, statem
     query(db, "UPDATE pgjobs.jobs SET state = 'succeeded', lease_token = NULL, "
               "lease_expires_at = NULL WHERE id = %s", ids[0])
     assert claim_for(worker) == [ids[2]]            # its suspect finished: the next one
+
+    # A worker that runs each suspect in a process of its own takes any number of them,
+    # also while it runs some.
+    query(db, "UPDATE pgjobs.jobs SET state = 'available', lease_token = NULL, "
+              "lease_expires_at = NULL, worker_id = NULL, recoveries = 1")
+    isolating = int(scalar(db, "INSERT INTO pgjobs.workers (host, pid, queues, concurrency, "
+                               "meta) VALUES ('h', 2, '{default}', 10, "
+                               "'{\"isolates_suspects\": true}') RETURNING id"))
+    assert claim_for(isolating, limit=2) == ids[:2]
+    assert claim_for(isolating) == ids[2:]
+
+
+@pytest.mark.timeout(scale(120, 300))
+def test_innocent_jobs_of_a_poison_crash_run_at_once_each_in_a_process_of_its_own(
+    db: str, fleet: Fleet
+) -> None:
+    """RELIABILITY.md: "a poison job crashes a worker that holds innocent jobs". One
+    worker holds 16 jobs, one of which kills its process. Recovered, they are suspects: the
+    worker that picks them up runs each in a new process of its own, so the poison job
+    kills only its own processes (it ends dead after the budget, the worker lives on) and
+    the 15 innocent ones run side by side, once each. In-process (one suspect at a time),
+    the poison job would kill the second worker too, and nothing would run any more."""
+    budget = 2
+    with psycopg.connect(db) as conn:
+        ids = [j.id for j in chaos.stall.enqueue_many(conn, [{"first": 600}] * 7)]
+        poison = chaos.poison.enqueue(conn).id
+        ids += [j.id for j in chaos.stall.enqueue_many(conn, [{"first": 600}] * 8)]
+    args = ["--lease", "2", "--poll-interval", "0.2", "--recovery-budget", str(budget)]
+    victim = fleet.spawn("--concurrency", "16", *args)
+    wait_until(lambda: victim.returncode is not None, 60, "the poison job to kill its worker")
+    assert victim.returncode == 77, victim.log()
+    # It claimed all 16 at once (16 free slots); nobody else is there to reclaim them.
+    assert scalar(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 16
+    survivor = fleet.spawn("--concurrency", "16", *args)
+    wait_until(lambda: all_succeeded(db, ids) or survivor.returncode is not None, 90,
+               "the innocent jobs to succeed")
+    assert survivor.alive(), f"the poison job killed the second worker too:\n{survivor.log()}"
+    wait_until(lambda: scalar(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", poison)
+               == "dead", 30, "the poison job to die")
+    assert_exactly_once(db, ids)
+    # Each innocent job was recovered once (the first crash) and ran once more, alone.
+    assert query(db, "SELECT DISTINCT recoveries FROM pgjobs.jobs WHERE id = ANY(%s)",
+                 ids) == [(1,)]
+    # ... each in a process of its own (none of them in the worker's).
+    pids = scalar(db, "SELECT count(DISTINCT pid) FROM public.chaos_attempts "
+                      "WHERE recoveries > 0 AND job_id = ANY(%s)", ids)
+    assert pids == scalar(db, "SELECT count(*) FROM public.chaos_attempts "
+                              "WHERE recoveries > 0 AND job_id = ANY(%s)", ids)
+    errors = scalar(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", poison)
+    assert [e["type"] for e in errors] == ["pgjobs.WorkerLost"] * (budget + 1)
+    assert "lease expired" in errors[0]["message"]
+    assert all("the process running it alone exited with status 77" in e["message"]
+               for e in errors[1:]), errors
 
 
 @pytest.mark.timeout(scale(120, 300))

@@ -189,8 +189,8 @@ def test_hostile_names_are_refused_with_a_typed_error_before_any_sql(db: str) ->
             job = chaos.plain.options(queue=queue).enqueue(conn)
             assert conn.execute("SELECT queue FROM pgjobs.jobs WHERE id = %s",
                                 (job.id,)).fetchone() == (queue,)
-        long_task = "t" * 255
-        job = app.enqueue(conn, long_task)
+        long_task = "t" * 255  # valid, and no task has it: a producer that opted out
+        job = pgjobs.App(dsn=db, strict_names=False).enqueue(conn, long_task)
         assert conn.execute("SELECT task FROM pgjobs.jobs WHERE id = %s",
                             (job.id,)).fetchone() == (long_task,)
     assert scalar(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = %s", first) == 1

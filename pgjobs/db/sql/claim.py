@@ -20,6 +20,11 @@ _START_HOLD_FREE = """
 def _start_hold_free(alias: str) -> str:
     return _START_HOLD_FREE.replace("J.", f"{alias}.")
 
+# Whether the claiming worker runs each suspect in a process of its own (see job_claim).
+_ISOLATES = """
+(SELECT coalesce(bool_or((w.meta->>'isolates_suspects')::boolean), false)
+ FROM {schema}.workers AS w WHERE w.id = %(worker_id)s)"""
+
 # Claims up to %(limit)s due jobs of the worker's queues in one statement.
 # - Per queue, a LATERAL subquery walks jobs_claim_idx in claim order and stops after
 #   %(limit)s rows, so the cost does not grow with the backlog; the outer ORDER BY merges
@@ -38,6 +43,10 @@ def _start_hold_free(alias: str) -> str:
 #   jobs_running_idx). Jobs reclaimed together sit side by side in claim order, so
 #   without this a poison job would be claimed again with the same innocent jobs, crash
 #   after crash, and take them past the recovery budget with it.
+#   Unless the worker isolates suspects (workers.meta.isolates_suspects: it runs each in
+#   a process of its own, worker/isolated.py, so a poison job kills only that process):
+#   then it takes any number, and the innocent ones run side by side. The worker's row
+#   is read once per statement (an uncorrelated subquery), and only if a suspect is due.
 # - The lease token comes back as text: the worker only hands it back to the database,
 #   so it never pays for parsing a UUID. unique_hold tells the completer which jobs may
 #   hold a unique key (those take the full completion statement, which locks holds).
@@ -64,7 +73,7 @@ candidates AS (
           AND (expires_at IS NULL OR expires_at > now())
           AND concurrency_key IS NULL
           AND """ + _start_hold_free("a") + """
-          AND (recoveries = 0 OR NOT EXISTS (
+          AND (recoveries = 0 OR """ + _ISOLATES + """ OR NOT EXISTS (
               SELECT FROM {schema}.jobs AS mine
               WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
                 AND mine.recoveries > 0))
@@ -81,7 +90,7 @@ chosen AS (
                row_number() OVER (PARTITION BY suspect ORDER BY priority, run_at, id) AS n
         FROM candidates
     ) c
-    WHERE NOT suspect OR n = 1
+    WHERE NOT suspect OR n = 1 OR """ + _ISOLATES + """
 )
 UPDATE {schema}.jobs AS job
 SET state = 'running',
@@ -167,8 +176,9 @@ locked_candidates AS MATERIALIZED (
         FROM {schema}.jobs AS a
         WHERE a.queue = q.name AND a.state = 'available' AND a.run_at <= now()
           AND (a.expires_at IS NULL OR a.expires_at > now())
-          -- suspects as in job_claim: none beside a running one, at most one per claim
-          AND (a.recoveries = 0 OR NOT EXISTS (
+          -- suspects as in job_claim: none beside a running one, at most one per claim,
+          -- unless the worker isolates them
+          AND (a.recoveries = 0 OR """ + _ISOLATES + """ OR NOT EXISTS (
               SELECT FROM {schema}.jobs AS mine
               WHERE mine.worker_id = %(worker_id)s AND mine.state = 'running'
                 AND mine.recoveries > 0))
@@ -199,7 +209,7 @@ candidates AS MATERIALIZED (
                                        ORDER BY l.priority, l.run_at, l.id) AS n
         FROM locked_candidates AS l
     ) AS c
-    WHERE NOT c.suspect OR c.n = 1
+    WHERE NOT c.suspect OR c.n = 1 OR """ + _ISOLATES + """
 ),
 wanted AS MATERIALIZED (
     -- per key: candidates, the strictest limits among them, and what the snapshot saw

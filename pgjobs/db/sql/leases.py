@@ -47,17 +47,17 @@ SELECT held.token::text, false FROM held WHERE held.id NOT IN (SELECT id FROM lo
 # transaction) matches nothing, and a terminal state can never be overwritten because
 # terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
 # The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
-# result text, meta, progress text, checkpoint text] rows (see leases.outcomes_param): one
-# text parameter is far cheaper for the worker to send than ten arrays dumped element by
-# element. progress and checkpoint: what the handler reported after the last heartbeat
-# (null: nothing new), so that the final report is not lost.
+# result text, meta, recoveries added, progress text, checkpoint text] rows (see
+# db.leases.outcomes_param): one text parameter is far cheaper for the worker to send than
+# eleven arrays dumped one by one. progress and checkpoint: what the handler reported after
+# the last heartbeat (null: nothing new), so that the final report is not lost.
 job_complete_many = """
 WITH o AS (
     SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
            make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
            nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
-           nullif(e->7, 'null') AS meta, (e->>8)::jsonb AS progress,
-           (e->>9)::jsonb AS checkpoint
+           nullif(e->7, 'null') AS meta, coalesce((e->>8)::integer, 0) AS recovered,
+           (e->>9)::jsonb AS progress, (e->>10)::jsonb AS checkpoint
     FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
 ),
 -- The unique holds these outcomes release, locked first and in key order (the order in
@@ -75,6 +75,8 @@ SET state = o.state,
     lease_token = NULL,
     lease_expires_at = NULL,
     attempt = job.attempt - o.refund,
+    -- a suspect whose isolated process died: a recovery, as job_reclaim counts one
+    recoveries = job.recoveries + o.recovered,
     -- no delay (a job released unstarted or interrupted): it keeps its place in line
     run_at = CASE WHEN o.state = 'available'
                   THEN coalesce(clock_timestamp() + o.delay, job.run_at)
@@ -135,7 +137,7 @@ job_report = """
 UPDATE {schema}.jobs
 SET progress = coalesce(%(progress)s::jsonb, progress),
     checkpoint = coalesce(%(checkpoint)s::jsonb, checkpoint)
-WHERE id = %(id)s AND lease_token = %(token)s
+WHERE id = %(id)s AND lease_token = %(token)s::uuid
 """
 
 # Returns running jobs whose lease expired (their worker died, hung or lost the network).

@@ -31,6 +31,22 @@ FULL JOIN {schema}.queues AS q ON q.name = c.queue
 ORDER BY 1
 """
 
+# Jobs whose latest attempt failed because the worker that claimed it had no task of that
+# name registered (a producer's typo, or producers deployed ahead of the workers): per
+# queue and task, those waiting to retry and those dead, and when the last one failed.
+# Reads the same live and dead rows as status_queues; `errors -> -1` is the latest entry.
+status_unknown_tasks = """
+SELECT queue, task,
+       count(*) FILTER (WHERE state = 'available') AS retrying,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       max((errors -> -1 ->> 'at')::timestamptz) AS last_failed_at
+FROM {schema}.jobs
+WHERE state IN ('available', 'dead') AND attempt > 0
+  AND errors -> -1 ->> 'type' = 'pgjobs.UnknownTask'
+GROUP BY queue, task
+ORDER BY queue, task
+"""
+
 # Workers that have not stopped (and stopped ones from the last hour), with the jobs
 # each holds now; silent = time since its last heartbeat, lease = the lease it runs with.
 status_workers = """

@@ -8,7 +8,8 @@ from __future__ import annotations
 worker_register = """
 INSERT INTO {schema}.workers (host, pid, queues, concurrency, state, version, meta)
 VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'running', %(version)s,
-        jsonb_build_object('lease', %(lease)s::float8, 'tasks', to_jsonb(%(tasks)s::text[])))
+        jsonb_build_object('lease', %(lease)s::float8, 'tasks', to_jsonb(%(tasks)s::text[]),
+                           'isolates_suspects', %(isolates)s::boolean))
 RETURNING id
 """
 

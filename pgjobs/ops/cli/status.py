@@ -37,8 +37,8 @@ def _threshold(name: str, kind: click.ParamType[Any], default: float,
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, envvar="PGJOBS_STATUS_JSON", show_envvar=True,
-              help="One JSON object (queues, workers, periodic, tables, horizon, warnings, "
-                   "ok) instead of the screen.")
+              help="One JSON object (queues, workers, periodic, tables, horizon, "
+                   "unknown_tasks, warnings, ok) instead of the screen.")
 @_threshold("--max-wait", click.FloatRange(min=0), 300.0,
             "Warn when a queue's oldest due job has waited longer (seconds).")
 @_threshold("--max-xact-age", click.FloatRange(min=0), 300.0,
@@ -96,6 +96,11 @@ def _show(result: Status, schema: str) -> None:
         table(["NAME", "SCHEDULE", "TASK", "ENABLED", "LAST TICK", "NEXT TICK"],
                [[p["name"], p["schedule"], p["task"], "yes" if p["enabled"] else "no (paused)",
                  when(p["last_tick"]), when(p["next_tick"])] for p in result.periodic])
+    if result.unknown_tasks:
+        click.echo("\nUNKNOWN TASKS (jobs whose worker had no such task registered)")
+        table(["QUEUE", "TASK", "RETRYING", "DEAD", "LAST FAILED"],
+              [[u["queue"], u["task"], _count(u["retrying"]), _count(u["dead"]),
+                when(u["last_failed_at"])] for u in result.unknown_tasks])
     click.echo("\nTABLES")
     table(["TABLE", "LIVE ROWS", "DEAD ROWS", "LAST VACUUM"],
            [[t["table"], _count(t["live_tuples"]), _count(t["dead_tuples"]),

@@ -137,7 +137,7 @@ def worker(obj: Target, /, app_spec: str, **params: Any) -> None:
             metrics=_metrics_address(process),
         )))
     _record_metrics(app, process)
-    asyncio.run(_run_worker(Worker(app, config)))
+    asyncio.run(_run_worker(Worker(app, config, app_spec=app_spec)))
     # A sync handler that ignores should_stop keeps its thread; do not wait for it.
     if any(t.name.startswith("pgjobs-job") and t.is_alive() for t in threading.enumerate()):
         logging.shutdown()

@@ -27,9 +27,10 @@ from .unique_keys import UniqueKeyPruner
 log = logging.getLogger("pgjobs.maintenance")
 
 
-def steps(host: Host, config: WorkerConfig) -> list[Step]:
+def steps(host: Host, config: WorkerConfig, queues: Sequence[str] | None = None) -> list[Step]:
     """A worker's steps. A burst worker (drain, then exit) enqueues no periodic ticks:
-    tests that drain must not find cron jobs appearing under them."""
+    tests that drain must not find cron jobs appearing under them. Others tick the
+    schedules of the ``queues`` they serve (None: all)."""
     queries = host.queries
     reclaim_every = config.reclaim_interval or min(config.lease / 2, 10.0)
     found: list[Step] = [
@@ -44,7 +45,7 @@ def steps(host: Host, config: WorkerConfig) -> list[Step]:
         BatchFolder(queries),
     ]
     if not config.burst:
-        found.append(PeriodicEnqueuer(host))
+        found.append(PeriodicEnqueuer(host, queues=queues))
     return found
 
 

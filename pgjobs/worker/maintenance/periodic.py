@@ -4,12 +4,17 @@ There is no leader: each tick is claimed by a compare-and-set on the schedule's
 ``periodic`` row in the same transaction as the tick's job insert, so any number of
 workers enqueue each (schedule, tick) exactly once. Tick times come from the database
 clock. A burst worker (drain, then exit) does not run this step.
+
+A worker ticks only the schedules whose job goes to a queue it serves (``--queues``): a
+worker of other queues would otherwise keep filling a queue that nobody may serve, and a
+schedule is then late exactly when its queue has no worker, as ``pgjobs status`` says.
+Every worker still syncs the whole set of schedules (the code's declarations).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import psycopg
@@ -29,15 +34,27 @@ class PeriodicEnqueuer(Step):
 
     name = "periodic"
 
-    def __init__(self, app: Host, interval: float = 1.0) -> None:
+    def __init__(self, app: Host, interval: float = 1.0,
+                 queues: Iterable[str] | None = None) -> None:
         super().__init__(interval)
         self.app = app
         self.queries = app.queries
         self.synced = False
+        self.queues = None if queues is None else frozenset(queues)
+        """The queues this worker serves (None: all, as a worker of every task's queue)."""
 
     @property
     def schedules(self) -> Mapping[str, Schedule]:
+        """Every schedule of the app: what :meth:`sync` writes."""
         return self.app.schedules
+
+    @property
+    def ticked(self) -> Mapping[str, Schedule]:
+        """The schedules this worker enqueues: those whose job goes to a queue it serves."""
+        if self.queues is None:
+            return self.app.schedules
+        return {name: s for name, s in self.app.schedules.items()
+                if s.task.opts.queue in self.queues}
 
     async def sync(self, conn: AnyAsyncConnection) -> list[str]:
         """Upsert the code's schedules and disable the rows no longer in the code;
@@ -63,15 +80,18 @@ class PeriodicEnqueuer(Step):
         """
         if not self.schedules:
             return []
+        ticked = self.ticked
         try:
             if not self.synced:
                 await self.sync(conn)
-            rows = await periodic.state(self.queries, list(self.schedules)).arun(conn)
+            if not ticked:
+                return []
+            rows = await periodic.state(self.queries, list(ticked)).arun(conn)
         except psycopg.errors.IdleInTransactionSessionTimeout as exc:
             raise psycopg.OperationalError(str(exc)) from exc
         enqueued: list[int] = []
         for name, base, last_tick, now in rows:
-            schedule = self.schedules.get(name)
+            schedule = ticked.get(name)
             if schedule is None:
                 continue
             try:
