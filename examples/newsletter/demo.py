@@ -48,8 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="jobs at once per process")
     parser.add_argument("--send-latency", type=float, default=0.0,
                         help="seconds the mail sink takes per message")
-    # 10,000 deliveries took 35 to 110 s on a shared, loaded 2-core machine: those of a
-    # newsletter take turns on its batch's row (docs/tutorial-newsletter.md, "How fast").
+    # 10,000 deliveries took 23 s on a shared 2-core machine with other work beside it
+    # (docs/tutorial-newsletter.md, "How fast"); the timeout leaves room for a loaded one.
     parser.add_argument("--timeout", type=float, default=240.0,
                         help="seconds the workers get to send everything")
     return parser.parse_args()
