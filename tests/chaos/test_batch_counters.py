@@ -74,9 +74,12 @@ def enqueue_batches(dsn: str, rng: random.Random, batches: int, per: int, manual
             for on in (batch.on_complete, batch.on_success, batch.on_death):
                 on(batchapp.callback, tag=f"b{b}")
             dies = b % 10 == 3
+            # Every fourth job takes a few tenths of a second, so that a worker paused by
+            # the test holds jobs in hand however fast the others run.
             batch.enqueue_many(batchapp.member, [
                 {"n": i, "fail_first": i % 7 == 3, "die": dies and i == 5,
-                 "sleep": rng.uniform(0, 0.03)} for i in range(per - manual)])
+                 "sleep": rng.uniform(0.3, 0.6) if i % 4 == 0 else rng.uniform(0, 0.03)}
+                for i in range(per - manual)])
             batch.enqueue_many(batchapp.member.options(queue=MANUAL),
                                [{"n": i} for i in range(per - manual, per)])
             conn.commit()
