@@ -136,15 +136,23 @@ def test_the_end_of_a_job_wakes_the_waiter_by_notification(
     assert [r.state for r in outcome] == ["cancelled"]  # type: ignore[attr-defined]
 
 
-def test_sql_by_hand_notifies_the_done_channel(dsn: str) -> None:
-    job_id = basic.noop.enqueue().id
+def test_sql_by_hand_notifies_the_done_channel_for_a_watched_job_only(dsn: str) -> None:
+    """A job a waiter marked (job_watch) notifies when it ends, whoever ends it; a job no
+    one waits for notifies nobody (a notifying commit takes a cluster-wide lock, which
+    the workers' flushes must not pay for every job)."""
+    watched, unwatched = basic.noop.enqueue().id, basic.noop.enqueue().id
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute(f'LISTEN "{app.config.done_channel}"')
+        assert scalar(dsn, "SELECT pgjobs.job_watch(%s)", watched) is True
+        assert scalar(dsn, "SELECT pgjobs.job_watch(%s)", watched) is True  # again: no-op
         with psycopg.connect(dsn) as conn:
             conn.execute("UPDATE pgjobs.jobs SET state = 'expired', finished_at = now() "
-                         "WHERE id = %s", (job_id,))
-        notes = list(listener.notifies(timeout=30, stop_after=1))
-    assert [(n.channel, n.payload) for n in notes] == [(app.config.done_channel, str(job_id))]
+                         "WHERE id = ANY(%s)", ([watched, unwatched],))
+        notes = list(listener.notifies(timeout=3, stop_after=2))
+    assert [(n.channel, n.payload) for n in notes] == [(app.config.done_channel, str(watched))]
+    # an ended job, or none, cannot be watched: the waiter's read sees it has ended
+    assert scalar(dsn, "SELECT pgjobs.job_watch(%s)", watched) is False
+    assert scalar(dsn, "SELECT pgjobs.job_watch(%s)", 10**12) is False
 
 
 def test_without_a_listen_connection_the_wait_polls(

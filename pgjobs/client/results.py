@@ -1,10 +1,12 @@
 """Reading a job's result, and waiting for its end (``App.result``, ``App.wait``,
 ``Enqueued.wait``).
 
-A wait LISTENs on the schema's done channel (revision 0009's trigger sends each job's id
-there when it reaches a terminal state) on a connection of its own, then reads the job:
-a notification sent before the LISTEN took effect is covered by that first read, one lost
-(a dropped connection) by a read every ``POLL`` seconds. Without a listen connection
+A wait LISTENs on the schema's done channel on a connection of its own, marks the job as
+waited for (revision 0009's trigger sends the id of a marked job there when it reaches a
+terminal state; unmarked jobs notify nobody, so the hot path pays nothing), then reads
+the job: a job that ended before the mark is seen by that first read, a mark skipped
+because the row was locked is tried again at each read, and a notification lost (a
+dropped connection) is covered by a read every ``POLL`` seconds. Without a listen connection
 (PgBouncer without ``listen_dsn``) it only polls. The sync and async waits share
 everything but the few calls that block.
 """
@@ -48,6 +50,8 @@ class Wait:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.read: Query[JobResult | None] = jobs.result(q, job_id)
+        self.watch: Query[bool] = jobs.watch(q, job_id)
+        self.marked = False
         self.state = "unknown"
 
     def done(self, found: JobResult | None) -> JobResult | None:
@@ -85,6 +89,7 @@ def wait(q: Queries, dsn: str | None, fallback: ConnectionPool[Any] | None, job_
     with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
         conn.execute(waiting.listen(channel))
         while True:
+            waiting.marked = waiting.marked or bool(waiting.watch.run(conn))
             if (found := waiting.done(waiting.read.run(conn))) is not None:
                 return found
             pause = waiting.pause()
@@ -109,6 +114,7 @@ async def wait_async(q: Queries, dsn: str | None,
             dsn, autocommit=True, application_name=APPLICATION_NAME) as aconn:
         await aconn.execute(waiting.listen(channel))
         while True:
+            waiting.marked = waiting.marked or bool(await waiting.watch.arun(aconn))
             if (found := waiting.done(await waiting.read.arun(aconn))) is not None:
                 return found
             pause = waiting.pause()

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.types import JobResult
 from .queries import Queries
-from .statement import Query, every, first, named, records
+from .statement import Query, every, first, named, records, scalar
 
 
 def get(q: Queries, job_id: int) -> Query[dict[str, Any] | None]:
@@ -19,6 +19,12 @@ def get(q: Queries, job_id: int) -> Query[dict[str, Any] | None]:
 def result(q: Queries, job_id: int) -> Query[JobResult | None]:
     """One job's state and outcome (None: no such job)."""
     return Query(q.job_result, {"id": job_id}, first, named(JobResult), schema=q.schema)
+
+
+def watch(q: Queries, job_id: int) -> Query[bool]:
+    """Mark a job that has not ended as waited for, so that its end notifies the done
+    channel; False when it has ended, does not exist, or is locked right now."""
+    return Query(q.job_watch, {"id": job_id}, scalar, schema=q.schema)
 
 
 def why(q: Queries, job_id: int) -> Query[list[dict[str, Any]]]:

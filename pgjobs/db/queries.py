@@ -79,6 +79,7 @@ class Queries:
     job_get: sql.SQL
     job_result: sql.SQL
     job_why: sql.SQL
+    job_watch: sql.SQL
     job_list: sql.SQL
     job_cancel: sql.SQL
     job_retry: sql.SQL

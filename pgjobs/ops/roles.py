@@ -89,6 +89,9 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     ("FUNCTION", "batches_check_empty()", "EXECUTE", "EXECUTE", "", ""),
     # the NOTIFY at a job's end fires for whoever ends it (worker, operator)
     ("FUNCTION", "jobs_done_notify()", "EXECUTE", "EXECUTE", "EXECUTE", ""),
+    # a wait marks its job so that the job's end notifies (SECURITY DEFINER: it sets
+    # jobs.done_waited, which the app role cannot update itself)
+    ("FUNCTION", "job_watch(bigint)", "EXECUTE", "EXECUTE", "EXECUTE", ""),
     # `pgjobs jobs why` reads jobs, queues, workers, unique_keys and limit_keys (the
     # read-only dashboard role cannot read the last two)
     ("FUNCTION", "why(bigint)", "EXECUTE", "EXECUTE", "EXECUTE", ""),

@@ -16,6 +16,12 @@ SELECT id, task, queue, state, result, errors, attempt, max_attempts, recoveries
 FROM {schema}.jobs WHERE id = %(id)s
 """
 
+# A waiter's mark on a job that has not ended: its end will notify the done channel
+# (revision 0009). False: ended, missing, or locked right now (mark it at the next read).
+job_watch = """
+SELECT {schema}.job_watch(%(id)s)
+"""
+
 # Why a job is not running or did not run: the rows of why() (revision 0009).
 job_why = """
 SELECT cause, reason FROM {schema}.why(%(id)s)
