@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import fields
@@ -62,7 +63,7 @@ class IsolatedRunner:
         document = {f.name: getattr(job, f.name) for f in fields(ClaimedJob)}
         receiver, sender = self.mp.Pipe(duplex=False)
         proc = self.mp.Process(target=_child_main, args=(self.app_spec, self.config(),
-                                                         document, sender),
+                                                         document, sender, os.getpid()),
                                name=f"pgjobs-job-{job.id}", daemon=True)
         try:
             # The first start also starts the fork server (imports the app): in a thread,

@@ -8,7 +8,10 @@ import asyncio
 import importlib
 import logging
 import os
+import select
 import sys
+import threading
+import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,8 +49,44 @@ async def execute(app: Any, job: ClaimedJob) -> tuple[Outcome, JobContext]:
     return outcome, ctx
 
 
-def main(spec: str, config: Any, document: dict[str, Any], sender: Connection) -> None:
-    """Run the job, send its outcome's fields (and ``completed``, ``committed``), exit."""
+WORKER_GONE = 70
+"""This process's exit status when its worker died first."""
+
+
+def die_with(worker_pid: int) -> None:
+    """Exit at once (status WORKER_GONE) when the worker that started this process is
+    gone. The process is the fork server's child, not the worker's, so the kernel does
+    not tell it; without this, a SIGKILLed worker left its suspects running, and the fork
+    server with them (this process holds the end of the pipe that ends the fork server).
+    Their jobs are reclaimed and run elsewhere, so nothing they would still write is
+    wanted. A pidfd (Linux 5.3) says exactly when; elsewhere, a check twice a second."""
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(worker_pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the process has exited
+        else:
+            while True:
+                try:
+                    os.kill(worker_pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(0.5)
+        os._exit(WORKER_GONE)
+
+    threading.Thread(target=watch, name="pgjobs-worker-watch", daemon=True).start()
+
+
+def main(spec: str, config: Any, document: dict[str, Any], sender: Connection,
+         worker_pid: int) -> None:
+    """Run the job, send its outcome's fields (and ``completed``, ``committed``), exit;
+    exit at once if the worker ``worker_pid`` dies first."""
+    die_with(worker_pid)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(spec)

@@ -341,3 +341,30 @@ def test_idle_and_busy_workers_still_reclaim_a_killed_workers_jobs_on_time(
                                               "WHERE id = %s", j) == [("available", 1)],
                    60, f"the {'busy' if busy else 'idle'} worker to reclaim the job")
     assert survivor.alive()
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(scale(90, 180))
+def test_a_killed_workers_isolated_suspects_die_with_it(db: str, fleet: Fleet) -> None:
+    """A worker runs a suspect in a process the fork server forked, not the worker, so
+    the kernel does not end it with the worker. When the worker is SIGKILLed, that
+    process (and the fork server) must exit too, not run on unseen while the job is
+    reclaimed and run elsewhere."""
+    with psycopg.connect(db) as conn:
+        job_id = chaos.stubborn.enqueue(conn, seconds=600).id
+        conn.execute("UPDATE pgjobs.jobs SET recoveries = 1 WHERE id = %s", (job_id,))
+    worker = fleet.spawn("--lease", "30", "--poll-interval", "0.2")
+    child = wait_until(lambda: scalar(db, "SELECT pid FROM public.chaos_attempts "
+                                          "WHERE job_id = %s", job_id), 60,
+                       "the suspect to start in a process of its own")
+    assert child != worker.pid and not _gone(child)
+    worker.signal(signal.SIGKILL)
+    wait_until(lambda: _gone(child), 15, "the suspect's process to exit with its worker")
