@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -20,9 +20,10 @@ from pgjobs.core.types import ClaimedJob
 from pgjobs.db import leases
 from pgjobs.ops.cli import cli
 from pgjobs.worker.context import JobContext
-from tests.helpers import WorkerProcess, harness_database, query, scalar, wait_until
+from tests.helpers import harness_database, query, scalar, wait_until
 from tests.workerapps import basic
 from tests.workerapps.basic import HARNESS, app
+from tests.workerprocs import Spawner, spawner
 
 pytestmark = pytest.mark.xdist_group("worker")
 
@@ -33,19 +34,9 @@ def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.fixture
-def spawn(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(dsn, *args)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
-        print(f"--- worker {worker.pid} log ---\n{worker.log()}")
-        worker.close()
+def spawn(dsn: str) -> Iterator[Spawner]:
+    with spawner(dsn) as start:
+        yield start
 
 
 def reports(dsn: str, job_id: int) -> tuple[object, object]:
@@ -54,7 +45,7 @@ def reports(dsn: str, job_id: int) -> tuple[object, object]:
 
 
 def test_progress_rides_the_heartbeat_and_the_last_report_the_outcome(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     job_id = basic.reporting.enqueue().id
     spawn("--lease", "3")
@@ -74,7 +65,7 @@ def test_progress_rides_the_heartbeat_and_the_last_report_the_outcome(
 
 
 def test_a_retried_job_resumes_from_its_last_checkpoint(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     job_id = basic.resumable.enqueue().id
     spawn()
@@ -85,7 +76,7 @@ def test_a_retried_job_resumes_from_its_last_checkpoint(
 
 
 def test_a_recovered_job_resumes_from_the_checkpoint_its_lost_worker_wrote(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     job_id = basic.checkpoint_then_crash.enqueue().id
     first = spawn("--lease", "2")
@@ -97,7 +88,7 @@ def test_a_recovered_job_resumes_from_the_checkpoint_its_lost_worker_wrote(
 
 
 def test_reports_go_with_a_success_in_the_handlers_transaction(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     job_id = basic.reporting_tx.enqueue().id
     spawn()

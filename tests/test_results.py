@@ -9,16 +9,17 @@ import copy
 import dataclasses
 import pickle
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 import pgjobs
 from pgjobs.client import results
-from tests.helpers import WorkerProcess, harness_database, scalar, wait_until
+from tests.helpers import harness_database, scalar, wait_until
 from tests.workerapps import basic
 from tests.workerapps.basic import HARNESS, app
+from tests.workerprocs import Spawner, spawner
 
 pytestmark = pytest.mark.xdist_group("worker")
 
@@ -29,23 +30,13 @@ def dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @pytest.fixture
-def spawn(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(dsn, *args)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
-        print(f"--- worker {worker.pid} log ---\n{worker.log()}")
-        worker.close()
+def spawn(dsn: str) -> Iterator[Spawner]:
+    with spawner(dsn) as start:
+        yield start
 
 
 def test_wait_returns_the_value_a_worker_process_computed(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     enqueued = basic.double.enqueue(x=21)
     spawn("--queues", "default")
@@ -66,7 +57,7 @@ def test_wait_returns_the_value_a_worker_process_computed(
 
 
 def test_wait_async_returns_a_dead_jobs_errors(
-    dsn: str, spawn: Callable[..., WorkerProcess]
+    dsn: str, spawn: Spawner
 ) -> None:
     enqueued = basic.fail.options(max_attempts=1).enqueue(message="no luck")
     spawn("--queues", "default")
