@@ -133,16 +133,17 @@ class Completer:
     def _statement(self, writes: list[tuple[Pending, Row]]) -> Query[set[int]]:
         # What handlers reported after their last heartbeat goes with their outcome.
         reports = [p.ctx.unwritten()[0] for p, _ in writes]
+        reported = any(r != leases.NOTHING_NEW for r in reports)
         # Most flushes are plain successes of jobs without a unique key and with nothing
         # reported since their last heartbeat: a shorter statement, with no holds to
         # lock, no JSON to parse and no per-row CASE.
-        if all(plain_success(row) and not p.ctx.job.unique_hold for p, row in writes) and all(
-                r == leases.NOTHING_NEW for r in reports):
+        if not reported and all(plain_success(row) and not p.ctx.job.unique_hold
+                                for p, row in writes):
             return leases.complete_succeeded(
                 self.queries, [(p.ctx.id, p.ctx.job.lease_token) for p, _row in writes])
         return leases.complete_many(
             self.queries, [(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes],
-            reports if any(r != leases.NOTHING_NEW for r in reports) else None)
+            reports if reported else None)
 
     async def drain(self) -> None:
         """Return once every submitted outcome is written (including a flush in flight)."""
