@@ -114,17 +114,21 @@ def screenshot(driver: object, name: str, folder: Path) -> None:
         shutil.copy(path, ROOT / target / path.name)
 
 
-def settled(read: Callable[[], T]) -> T:
-    """`read()` again when the live refresh replaced the element between its find and its
-    use (the page swaps its content every second here), at most a few times."""
-    from selenium.common.exceptions import StaleElementReferenceException
+def settled(read: Callable[[], T], timeout: float = 10.0) -> T:
+    """`read()` again when the element is not there yet or no longer there: the live refresh
+    replaced it between its find and its use (the page swaps its content every second here),
+    or a form's POST and its redirect are still loading the next page. Gives up after
+    `timeout` seconds with the last error."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    for _ in range(20):
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             return read()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.05)
-    return read()
 
 
 def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
@@ -168,7 +172,8 @@ def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
     assert "dead" in text(By.CSS_SELECTOR, "h1 .state")
     screenshot(driver, "job", tmp_path)
     click(By.CSS_SELECTOR, "button.retry")
-    assert "retried (was dead)" in text(By.TAG_NAME, "main")
+    wait_until(lambda: "retried (was dead)" in text(By.TAG_NAME, "main"), timeout=15,
+               what="the page that reports the retry")
     click(By.LINK_TEXT, f"Back to job {rows.dead}")
     assert "available" in text(By.CSS_SELECTOR, "h1 .state")
     worker = WorkerProcess(dsn, "--queues", "reports", "--burst", "--poll-interval", "0.2")
@@ -185,9 +190,15 @@ def test_sign_in_see_every_page_retry_a_dead_job_and_pause_a_queue(
     # 4. Pause a queue and see it marked.
     click(By.LINK_TEXT, "Queues")
     click(By.CSS_SELECTOR, 'tr[data-queue="mail"] button.pause')
-    row_class, row_text = settled(lambda: (
-        find(By.CSS_SELECTOR, 'tr[data-queue="mail"]').get_attribute("class"),
-        text(By.CSS_SELECTOR, 'tr[data-queue="mail"]')))
+
+    def mail_row() -> tuple[str, str]:
+        row = find(By.CSS_SELECTOR, 'tr[data-queue="mail"]')
+        return row.get_attribute("class"), row.text
+
+    # The POST redirects back to the overview; wait for the page that shows the new state.
+    wait_until(lambda: "paused" in settled(mail_row)[0], timeout=15,
+               what="the overview to mark the mail queue paused")
+    row_class, row_text = settled(mail_row)
     assert "paused" in row_class and "paused" in row_text
     assert scalar(dsn, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'") is True
     screenshot(driver, "overview", tmp_path)
