@@ -107,8 +107,9 @@ def test_every_object_of_the_schema_has_its_grants(conn: psycopg.Connection[Any]
     # A migration that adds a table, view, sequence or function fails here until GRANTS
     # says who may use it. (regprocedure prints names relative to the search_path.)
     conn.execute("SET LOCAL search_path TO pgjobs")
+    # (relname as text: the union's type is otherwise name, cut at 63 characters)
     objects = {r[0] for r in conn.execute("""
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'pgjobs' AND c.relkind IN ('r', 'v', 'S', 'm', 'p')
         UNION ALL
         SELECT p.oid::regprocedure::text FROM pg_proc p

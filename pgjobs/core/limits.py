@@ -8,6 +8,7 @@ the task's code. Queue-wide limits live in the ``queues`` table instead (docs/qu
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +89,28 @@ class KeyLimit:
         a job whose key is None has no limit at all)."""
         return {"concurrency_key": None, "concurrency_limit": self.concurrency_limit,
                 "rate_limit": self.rate_limit, "rate_period": self.rate_period}
+
+    def sql_parts(self) -> list[str] | None:
+        """The key as the ``tasks`` registry stores it for ``pgjobs.enqueue()`` in SQL:
+        literal text and argument names, alternating, literal first and last
+        (``["customer:", "customer_id", ""]``). None when SQL cannot compute the key as Python does: a
+        callable, or a field with an index, an attribute, a conversion or a format spec."""
+        if callable(self.key):
+            return None
+        parts: list[str] = []
+        literal = ""
+        try:
+            for text, name, spec, conversion in string.Formatter().parse(self.key):
+                literal += text
+                if name is None:
+                    continue
+                if not name.isidentifier() or spec or conversion:
+                    return None
+                parts += [literal, name]
+                literal = ""
+        except ValueError:  # unbalanced braces: Python refuses it at enqueue too
+            return None
+        return [*parts, literal]
 
     def _key(self, task: str, kwargs: Mapping[str, Any]) -> str | None:
         if callable(self.key):

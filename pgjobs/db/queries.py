@@ -60,6 +60,7 @@ class Queries:
     worker_set_state: sql.SQL
     worker_last_id: sql.SQL
     worker_registered: sql.SQL
+    task_register: sql.SQL
     periodic_upsert: sql.SQL
     periodic_disable_missing: sql.SQL
     periodic_state: sql.SQL

@@ -64,6 +64,9 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     ("TABLE", "periodic", "SELECT", "SELECT, INSERT, UPDATE", "SELECT", "SELECT"),
     # workers register themselves; the pruner deletes rows of long-gone workers.
     ("TABLE", "workers", "SELECT", "SELECT, INSERT, UPDATE, DELETE", "SELECT", "SELECT"),
+    # the task registry: workers upsert their tasks at start and refresh last_seen_at
+    # with their heartbeat; pgjobs.enqueue() reads a task's queue and defaults from it.
+    ("TABLE", "tasks", "SELECT", "SELECT, INSERT, UPDATE", "SELECT", "SELECT"),
     # the limited claim counts starts on a queue's row; `pgjobs queue pause|limit` and the
     # dashboard's pause and resume upsert.
     ("TABLE", "queues", "SELECT", "SELECT, INSERT, UPDATE", "SELECT, INSERT, UPDATE",
@@ -95,6 +98,12 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     # `pgjobs jobs why` reads jobs, queues, workers, unique_keys and limit_keys (the
     # read-only dashboard role cannot read the last two)
     ("FUNCTION", "why(bigint)", "EXECUTE", "EXECUTE", "EXECUTE", ""),
+    # enqueue from SQL (a trigger, psql, another language): the caller needs what a
+    # Python enqueue needs (jobs, jobs_id_seq, unique_keys, batches, batch_deltas), and
+    # to read tasks. The dashboard's retry and cancel enqueue nothing through it.
+    ("FUNCTION", "enqueue(text, jsonb, text, integer, timestamptz, interval, interval, text, "
+     "interval, bigint, integer, timestamptz, text, jsonb)", "EXECUTE", "EXECUTE", "", ""),
+    ("FUNCTION", "canonical_json(jsonb)", "EXECUTE", "EXECUTE", "", ""),
 )
 KINDS = ("app", "worker", "dashboard", "dashboard_readonly")
 """The roles GRANTS gives privileges to, in its column order (the owner owns)."""

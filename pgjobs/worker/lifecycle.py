@@ -222,9 +222,15 @@ class Worker:
                                  else f"at revision {found}, not {HEAD_REVISION}")
 
     async def _register(self) -> int:
+        """Register this worker, and its tasks in the registry (what pgjobs.enqueue() in
+        SQL reads, and how other workers tell a task nobody runs from one in a deploy)."""
+        tasks = [t for t in self.app.tasks.values() if t.fn is not None]
         query = workers.register(self.queries, socket.gethostname(), os.getpid(), self.queues,
                                  self.config.concurrency, __version__, self.config.lease,
-                                 list(self.app.tasks), isolates=self.slots.isolated is not None)
+                                 [t.name for t in tasks],
+                                 isolates=self.slots.isolated is not None)
+        if tasks:
+            await self._connected(workers.register_tasks(self.queries, tasks).arun)
         return await self._connected(query.arun)
 
     # -- shutdown ----------------------------------------------------------------------

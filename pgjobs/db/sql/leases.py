@@ -35,8 +35,21 @@ beat AS (
     UPDATE {schema}.workers SET heartbeat_at = clock_timestamp()
     WHERE id = %(worker_id)s
     RETURNING id
+),
+-- The registry's last sighting of this worker's tasks (revision 0010), at most once a
+-- minute per task across the fleet: most beats write nothing. A row another worker is
+-- refreshing right now is skipped, never waited for.
+seen AS (
+    UPDATE {schema}.tasks AS t SET last_seen_at = clock_timestamp()
+    WHERE t.name IN (
+        SELECT stale.name FROM {schema}.tasks AS stale
+        WHERE stale.name IN (SELECT jsonb_array_elements_text(w.meta->'tasks')
+                             FROM {schema}.workers AS w WHERE w.id = %(worker_id)s)
+          AND stale.last_seen_at < clock_timestamp() - interval '1 minute'
+        FOR UPDATE SKIP LOCKED)
+    RETURNING t.name
 )
--- beat is data-modifying, so it runs although nothing selects from it
+-- beat and seen are data-modifying, so they run although nothing selects from them
 SELECT token, true FROM renewed
 UNION ALL
 SELECT held.token::text, false FROM held WHERE held.id NOT IN (SELECT id FROM lockable)
