@@ -93,8 +93,9 @@ class KeyLimit:
     def sql_parts(self) -> list[str] | None:
         """The key as the ``tasks`` registry stores it for ``pgjobs.enqueue()`` in SQL:
         literal text and argument names, alternating, literal first and last
-        (``["customer:", "customer_id", ""]``). None when SQL cannot compute the key as Python does: a
-        callable, or a field with an index, an attribute, a conversion or a format spec."""
+        (``["customer:", "customer_id", ""]``). None when SQL cannot compute the key as
+        Python does: a callable, or a field with an index, an attribute, a conversion or a
+        format spec."""
         if callable(self.key):
             return None
         parts: list[str] = []
