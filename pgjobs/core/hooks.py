@@ -45,6 +45,7 @@ from .outcomes import (
     RETRY,
     SNOOZED,
     SUCCEEDED,
+    UNKNOWN_TASK,
 )
 
 log = logging.getLogger("pgjobs.hooks")
@@ -59,6 +60,9 @@ OUTCOME_EVENT: Mapping[str, EventKind] = {
     SUCCEEDED: "succeeded", RETRY: "retried", DEAD: "died", CANCELLED: "cancelled",
     SNOOZED: "snoozed", RELEASED: "released", LEASE_LOST: "lease_lost",
     CRASHED: "reclaimed",
+    # handed back for a worker that has its task (or dead, when no worker has for the
+    # grace: the database decides, after the event)
+    UNKNOWN_TASK: "released",
 }
 """The event an attempt's outcome (``core.outcomes``) is reported as."""
 STATE_AFTER: Mapping[str, str | None] = {

@@ -8,6 +8,11 @@ completer writes (``db.completions`` turns each kind into the values of one row)
     cancelled  it raised Cancel
     released   interrupted by shutdown: available again in its place, the attempt refunded
     lease_lost another attempt owns the job: nothing is written
+    unknown_task  this worker does not have the job's task (a mixed deploy): available
+               again after a short delay for a worker that has it, the attempt refunded;
+               dead once no live worker has known the task for the worker's
+               ``unknown_task_grace`` (the database decides, from the ``tasks``
+               registry and ``workers``: db.sql.leases.job_complete_many)
     crashed    its isolated process died (a suspect, see worker/isolated.py): a recovery,
                as if its worker had been lost: available again in its place, the attempt
                refunded, ``recoveries`` + 1; ``dead`` instead past the recovery budget
@@ -36,6 +41,7 @@ CANCELLED = "cancelled"
 RELEASED = "released"
 LEASE_LOST = "lease_lost"
 CRASHED = "crashed"
+UNKNOWN_TASK = "unknown_task"
 
 MAX_TRACEBACK = 20_000
 """Longest traceback kept per error, in characters (the end of it)."""

@@ -22,6 +22,7 @@ from ..core.outcomes import (
     RETRY,
     SNOOZED,
     SUCCEEDED,
+    UNKNOWN_TASK,
     Outcome,
 )
 from ..core.types import SweptJob
@@ -55,17 +56,24 @@ def outcome_row(outcome: Outcome) -> Row | None:
         return ("available", None, 1, None, None, None, 0)
     if kind == CRASHED:  # a recovery: refunded, counted apart, in its place in line
         return ("dead" if outcome.dead else "available", None, 1, error, None, None, 1)
+    if kind == UNKNOWN_TASK:  # available, or dead past the grace: the statement decides
+        return ("unknown_task", delay, 1, None, None, None, 0)
     if kind == LEASE_LOST:
         return None
     raise AssertionError(f"unknown outcome {kind!r}")
 
 
 def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]],
-                  reports: Sequence[Reports] | None = None) -> Query[set[int]]:
+                  reports: Sequence[Reports] | None = None,
+                  unknown_task_grace: float | None = None) -> Query[set[int]]:
     """Write (job id, lease token, row) triples in one statement, with each job's last
     unwritten ``reports`` when given (in the same order); returns the ids written (a job
-    whose lease this attempt lost is not among them)."""
-    return Query(q.job_complete_many, outcomes_param(writes, reports), _ids, schema=q.schema)
+    whose lease this attempt lost is not among them). ``unknown_task_grace``: seconds
+    after which an ``unknown_task`` row is dead rather than available (None: never)."""
+    params: dict[str, Any] = outcomes_param(writes, reports)
+    params["unknown_task_grace"] = (None if unknown_task_grace is None
+                                    else timedelta(seconds=unknown_task_grace))
+    return Query(q.job_complete_many, params, _ids, schema=q.schema)
 
 
 PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None, 0)

@@ -37,12 +37,13 @@ class Completer:
 
     def __init__(
         self, connector: Connector, queries: Queries, on_written: Callable[[list[Pending]], None],
-        max_batch: int = 1000,
+        max_batch: int = 1000, unknown_task_grace: float | None = 3_600.0,
     ) -> None:
         self.connector = connector
         self.queries = queries
         self.on_written = on_written
         self.max_batch = max_batch
+        self.unknown_task_grace = unknown_task_grace
         self.buffer: list[Pending] = []
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
@@ -143,7 +144,7 @@ class Completer:
                 self.queries, [(p.ctx.id, p.ctx.job.lease_token) for p, _row in writes])
         return leases.complete_many(
             self.queries, [(p.ctx.id, p.ctx.job.lease_token, row) for p, row in writes],
-            reports if reported else None)
+            reports if reported else None, self.unknown_task_grace)
 
     async def drain(self) -> None:
         """Return once every submitted outcome is written (including a flush in flight)."""

@@ -71,6 +71,14 @@ class WorkerConfig:
     """Seconds between INFO summary lines (outcome counts and rate since the last one),
     written only when jobs finished. Each success is a DEBUG line; retries are INFO and
     deaths WARNING. 0: no summary."""
+    unknown_task_grace: float | timedelta | None = 3_600.0
+    """How long a job of a task this worker does not have waits for one that has it (a
+    mixed deploy: new producers or new workers before the rest), counted from when a
+    live worker last knew the task (the ``tasks`` registry) or, if later, from the job's
+    enqueue. Meanwhile such a job goes back unrun, its attempt refunded, for another
+    worker; once no live worker has known the task for this long it is dead, with an
+    error that says so (seconds or a timedelta; on the command line 90s, 15m, 12h or
+    7d); never (None): it waits forever."""
     retention_succeeded: float | timedelta | None = 86_400.0
     """How long succeeded jobs are kept after they finish (seconds or a timedelta; on the
     command line 90s, 15m, 12h or 7d); never (None) keeps them forever. Jobs of a batch
@@ -103,8 +111,8 @@ class WorkerConfig:
         for name in ("shutdown_timeout", "poll_interval", "summary_interval"):
             if getattr(self, name) < 0:
                 raise InvalidOption(f"{name} cannot be negative")
-        for name in ("retention_succeeded", "retention_cancelled", "retention_dead",
-                     "retention_workers"):
+        for name in ("unknown_task_grace", "retention_succeeded", "retention_cancelled",
+                     "retention_dead", "retention_workers"):
             if isinstance(getattr(self, name), timedelta):
                 object.__setattr__(self, name, getattr(self, name).total_seconds())
             value = getattr(self, name)
@@ -112,12 +120,18 @@ class WorkerConfig:
                     value, int | float) or not value > 0):
                 raise InvalidOption(
                     f"{name} must be a positive number of seconds (or a timedelta), or None "
-                    f"to keep those rows forever, not {value!r}")
+                    f"for never, not {value!r}")
         workers = self.retention_workers
         if workers is not None and not _seconds(workers) >= 3 * self.lease:
             raise InvalidOption(
                 f"retention_workers must be at least three leases ({3 * self.lease:g}s), so "
                 f"a live worker's row is never deleted, or None; not {self.retention_workers!r}")
+
+    @property
+    def unknown_task_grace_seconds(self) -> float | None:
+        """``unknown_task_grace`` in seconds (None: never)."""
+        grace = self.unknown_task_grace
+        return None if grace is None else float(_seconds(grace))
 
     @property
     def retention(self) -> Retention:

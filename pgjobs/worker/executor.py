@@ -29,6 +29,7 @@ from ..core.outcomes import (
     RELEASED,
     SNOOZED,
     SUCCEEDED,
+    UNKNOWN_TASK,
     Outcome,
     default_backoff,
     failure,
@@ -53,16 +54,24 @@ class Executor:
     """Runs claimed jobs of one app; sync handlers on a bounded thread pool."""
 
     def __init__(self, tasks: Mapping[str, Handler], threads: int,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, unknown_task_delay: float = 5.0) -> None:
         self.tasks = tasks
         self.hooks = hooks or Hooks()
+        self.unknown_task_delay = unknown_task_delay
+        """Seconds before a job of a task this worker lacks is due again, for another."""
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pgjobs-job")
 
     async def execute(self, job: ClaimedJob, ctx: JobContext) -> Outcome:
         try:
             task = self.resolve_task(job)
+        except UnknownTask as exc:
+            # A mixed deploy: the job goes back unrun for a worker that has its task, its
+            # attempt refunded (the database ends it once none has for the grace).
+            log.warning("%s", exc)
+            return Outcome(UNKNOWN_TASK, delay=self.unknown_task_delay)
+        try:
             check_args(job)
-        except (UnknownTask, InvalidArgs) as exc:
+        except InvalidArgs as exc:
             # Not a handler's failure but a deploy's or a producer's mistake, which no
             # retry fixes by itself: say so louder than a routine retry (INFO).
             log.warning("%s", exc)
@@ -94,8 +103,9 @@ class Executor:
         if task is None or task.fn is None:
             raise UnknownTask(
                 f"job {job.id} (queue {job.queue!r}) names task {job.task!r}, which this "
-                f"worker does not have registered{did_you_mean(job.task, self.tasks)}; deploy "
-                "the code that registers it (jobs are retried meanwhile)"
+                f"worker does not have registered{did_you_mean(job.task, self.tasks)}; it goes "
+                "back, its attempt refunded, for a worker that has it (deploy the code that "
+                "registers it; see --unknown-task-grace)"
             )
         return task
 

@@ -49,6 +49,8 @@ from .txpool import TransactionPools
 log = logging.getLogger("pgjobs.worker")
 T = TypeVar("T")
 
+UNKNOWN_TASK_DELAY = 5.0
+
 
 class Worker:
     """Runs jobs of ``app`` until stopped (or, in burst mode, until none is due).
@@ -80,8 +82,11 @@ class Worker:
         if app_spec is not None and config.isolate_suspects:
             isolated = IsolatedRunner(app_spec, lambda: replace(cast(Any, app.config), dsn=app.dsn),
                                       config.recovery_budget)
-        self.executor = Executor(app.tasks, threads=config.concurrency, hooks=app.hooks)
-        self.completer = Completer(self.dbs["complete"], queries, self._written)
+        grace = config.unknown_task_grace_seconds
+        self.executor = Executor(app.tasks, threads=config.concurrency, hooks=app.hooks,
+                                 unknown_task_delay=unknown_task_delay(grace))
+        self.completer = Completer(self.dbs["complete"], queries, self._written,
+                                   unknown_task_grace=grace)
         self.pools = TransactionPools(dsn, config.concurrency, app.config.prepare_threshold)
         self.slots = Slots(config.concurrency, self.executor, self.completer, queries,
                            app.tasks, self.summary, self._poke, self.ahead.ran, app.hooks,
@@ -263,6 +268,13 @@ class Worker:
             await workers.set_state(self.queries, self.worker_id, state).arun(conn)
         except TRANSIENT as exc:
             log.warning("could not record worker state %s: %s", state, exc)
+
+
+def unknown_task_delay(grace: float | None) -> float:
+    """Seconds before a job of a task this worker lacks is due again: long enough for a
+    worker that has it to claim it first, and a fraction of the grace, so that a job
+    nobody can run ends soon after its grace."""
+    return UNKNOWN_TASK_DELAY if grace is None else min(UNKNOWN_TASK_DELAY, grace / 4)
 
 
 def _lenient_json(conn: Any) -> None:

@@ -59,19 +59,52 @@ SELECT held.token::text, false FROM held WHERE held.id NOT IN (SELECT id FROM lo
 # an attempt that lost its lease (reclaimed, or already completed in the handler's own
 # transaction) matches nothing, and a terminal state can never be overwritten because
 # terminal rows carry no token (jobs_lease_iff_running). Returns the ids written.
-# The outcomes arrive as one JSON array of [id, token, state, delay seconds, refund, error,
+# The outcomes arrive as one JSON array of [id, token, kind, delay seconds, refund, error,
 # result text, meta, recoveries added, progress text, checkpoint text] rows (see
 # db.leases.outcomes_param): one text parameter is far cheaper for the worker to send than
 # eleven arrays dumped one by one. progress and checkpoint: what the handler reported after
 # the last heartbeat (null: nothing new), so that the final report is not lost.
 job_complete_many = """
 WITH o AS (
-    SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS state,
-           make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
-           nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
-           nullif(e->7, 'null') AS meta, coalesce((e->>8)::integer, 0) AS recovered,
-           (e->>9)::jsonb AS progress, (e->>10)::jsonb AS checkpoint
-    FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
+    SELECT id, token,
+           CASE WHEN kind <> 'unknown_task' THEN kind
+                WHEN death IS NULL THEN 'available' ELSE 'dead' END AS state,
+           delay, refund, coalesce(death, error) AS error, result, meta, recovered,
+           progress, checkpoint
+    FROM (
+        SELECT (e->>0)::bigint AS id, (e->>1)::uuid AS token, e->>2 AS kind,
+               make_interval(secs => (e->>3)::float8) AS delay, (e->>4)::integer AS refund,
+               nullif(e->5, 'null') AS error, (e->>6)::jsonb AS result,
+               nullif(e->7, 'null') AS meta, coalesce((e->>8)::integer, 0) AS recovered,
+               (e->>9)::jsonb AS progress, (e->>10)::jsonb AS checkpoint,
+               -- Handed back by a worker that lacks its task (a mixed deploy): available
+               -- again for one that has it, or dead once no live worker knows the task
+               -- and none has for the grace, counted from the task's last sighting in
+               -- the registry or, if later, the job's enqueue. The subquery runs for
+               -- those rows only (CASE), so other flushes pay one comparison per row.
+               CASE WHEN e->>2 = 'unknown_task' THEN (
+                   SELECT jsonb_build_object(
+                       'attempt', j.attempt, 'type', 'pgjobs.UnknownTask', 'traceback', NULL,
+                       'message', format(
+                           'no live worker knows task %%L: %%s, and this job waited the '
+                           'grace of %%s (--unknown-task-grace) for one; deploy a worker '
+                           'whose app registers %%L, then `pgjobs jobs retry %%s`', j.task,
+                           CASE WHEN t.name IS NULL
+                                THEN 'no worker has ever registered it'
+                                ELSE format('a worker last knew it at %%s', t.last_seen_at)
+                           END, %(unknown_task_grace)s::interval, j.task, j.id))
+                   FROM {schema}.jobs AS j LEFT JOIN {schema}.tasks AS t ON t.name = j.task
+                   WHERE j.id = (e->>0)::bigint
+                     AND clock_timestamp() - greatest(t.last_seen_at, j.created_at)
+                         >= %(unknown_task_grace)s::interval
+                     AND NOT EXISTS (
+                         SELECT FROM {schema}.workers AS w
+                         WHERE w.state = 'running' AND w.meta->'tasks' ? j.task
+                           AND w.heartbeat_at > clock_timestamp() - make_interval(
+                               secs => coalesce((w.meta->>'lease')::float8, 30))))
+               END AS death
+        FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
+    ) AS r
 ),
 -- The unique holds these outcomes release, locked first and in key order (the order in
 -- which enqueue takes them): a flush and an enqueue of the same keys then wait for each
