@@ -179,7 +179,7 @@ def test_cancel_ends_the_job_with_its_reason(dsn: str) -> None:
     assert row["finished_at"] is not None
 
 
-def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(
+def test_unknown_task_goes_back_unspent_and_other_jobs_still_run(
     dsn: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The worker's own App refuses the name; a producer that opted out stores it.
@@ -190,18 +190,42 @@ def test_unknown_task_is_a_recorded_failure_and_other_jobs_still_run(
         ok = basic.double.enqueue(conn, x=1).id
     with caplog.at_level(logging.WARNING, logger="pgjobs.worker"):
         stats = drain(app)
-    assert stats["succeeded"] == 1 and stats["retry"] == 2
-    row = job(dsn, ghost)
-    assert row["state"] == "available" and row["attempt"] == 1
-    assert "'os.system'" in row["errors"][0]["message"]  # type: ignore[index]
-    assert row["errors"][0]["type"] == "pgjobs.UnknownTask"  # type: ignore[index]
-    assert "did you mean 'double'?" in job(dsn, typo)["errors"][0]["message"]  # type: ignore[index]
+    assert stats["succeeded"] == 1 and stats["unknown_task"] == 2
+    # Handed back for a worker that has the task (a mixed deploy), within the grace:
+    # no attempt spent, no error recorded, due again a few seconds later.
+    for job_id in (ghost, typo):
+        row = job(dsn, job_id)
+        assert (row["state"], row["attempt"], row["errors"]) == ("available", 0, [])
+        assert scalar(dsn, "SELECT run_at > now() + interval '3 seconds' FROM pgjobs.jobs "
+                           "WHERE id = %s", job_id)
     assert job_state(dsn, ok) == "succeeded"
-    # Said at WARNING (a routine retry is INFO), with the job and the task.
-    warned = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING and "UnknownTask" not in r.getMessage()]
+    # Said at WARNING, with the job and the task.
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"job {ghost} " in m and "'os.system'" in m for m in warned), warned
     assert any(f"job {typo} " in m and "did you mean 'double'?" in m for m in warned), warned
+
+
+def test_unknown_task_dies_once_no_worker_has_known_it_for_the_grace(dsn: str) -> None:
+    producer = pgjobs.App(dsn=dsn, strict_names=False)
+    with psycopg.connect(dsn) as conn:
+        never = producer.enqueue(conn, "never.deployed").id
+        gone = producer.enqueue(conn, "gone.away").id
+        # a task some worker knew, but an hour ago: the registry says when
+        conn.execute("INSERT INTO pgjobs.tasks (name, queue, last_seen_at) "
+                     "VALUES ('gone.away', 'default', now() - interval '1 hour')")
+        conn.execute("UPDATE pgjobs.jobs SET created_at = now() - interval '2 hours'")
+    assert drain(app, unknown_task_grace=1800) == {"unknown_task": 2}
+    for job_id in (never, gone):
+        row = job(dsn, job_id)
+        assert (row["state"], row["attempt"]) == ("dead", 0)
+        error = row["errors"][-1]  # type: ignore[index]
+        assert error["type"] == "pgjobs.UnknownTask" and error["attempt"] == 1
+        assert "deploy a worker whose app registers" in error["message"]
+        assert "grace of 00:30:00" in error["message"]
+    assert "'never.deployed': no worker has ever registered it" in \
+        job(dsn, never)["errors"][-1]["message"]  # type: ignore[index]
+    assert "'gone.away': a worker last knew it at" in \
+        job(dsn, gone)["errors"][-1]["message"]  # type: ignore[index]
 
 
 def test_timeouts_cancel_async_handlers_and_ask_sync_ones_to_stop(dsn: str) -> None:
