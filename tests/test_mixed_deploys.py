@@ -70,7 +70,7 @@ def test_a_task_no_worker_ever_knew_dies_after_the_grace(dsn: str, spawn: Spawne
     job_id = registry.app.task("registry.new_task").enqueue(n=2).id
     wait_until(lambda: job_row(dsn, job_id)[0] == "dead", 60, "the job to die")
     state, attempt, errors = job_row(dsn, job_id)
-    assert attempt == 0 and len(errors) == 1  # never run: no attempt spent
+    assert (state, attempt, len(errors)) == ("dead", 0, 1)  # never run: no attempt spent
     error = errors[0]
     assert error["type"] == "pgjobs.UnknownTask"
     message = str(error["message"])

@@ -41,11 +41,16 @@ def job(dsn: str, queue: str, state: str = "available", run_in: timedelta = time
           queue, state, run_in, attempt, running, running, state)
 
 
-def worker(dsn: str, queues: str, beat: timedelta = timedelta(0), lease: float = 30) -> int:
+def worker(dsn: str, queues: str, beat: timedelta = timedelta(0), lease: float = 30,
+           tasks: list[str] | None = None) -> int:
+    """A live worker row; ``tasks``: the tasks it says it knows (None: it does not say)."""
+    meta: dict[str, object] = {"lease": lease}
+    if tasks is not None:
+        meta["tasks"] = tasks
     rows = query(dsn, "INSERT INTO pgjobs.workers (host, pid, queues, concurrency, "
                       "heartbeat_at, meta) VALUES ('box', 4242, string_to_array(%s, ','), 10, "
-                      "now() - %s, jsonb_build_object('lease', %s::float8)) RETURNING id",
-                 queues, beat, lease)
+                      "now() - %s, %s::jsonb) RETURNING id",
+                 queues, beat, json.dumps(meta))
     return int(rows[0][0])
 
 
@@ -98,16 +103,22 @@ def test_jobs_of_a_task_no_worker_has_are_shown(fresh_app: pgjobs.App, fresh_dsn
             producer.enqueue(conn, "send_mail", user_id=n)  # the short name: a typo
         producer.task("send_mail", max_attempts=1).enqueue(conn, user_id=9)
         producer.enqueue(conn, "shop.send_mail", user_id=1)
-    worker(fresh_dsn, "default,mail")
-    assert drain(fresh_app) == {"retry": 3, "dead": 1, "succeeded": 1}
+    # workers hand them back unrun, for a worker that has their task
+    assert drain(fresh_app) == {"unknown_task": 4, "succeeded": 1}
+    # one waited longer than the grace: the next hand-back is its death
+    query(fresh_dsn, "UPDATE pgjobs.jobs SET created_at = now() - interval '2 hours', "
+                     "run_at = now() WHERE (args->>'user_id')::int = 9")
+    assert drain(fresh_app, unknown_task_grace=60) == {"unknown_task": 1}
+    worker(fresh_dsn, "default,mail", tasks=["shop.send_mail"])
     code, report = status(fresh_dsn)
     (unknown,) = report["unknown_tasks"]
-    assert {k: unknown[k] for k in ("queue", "task", "retrying", "dead")} == {
-        "queue": "default", "task": "send_mail", "retrying": 3, "dead": 1}
+    assert {k: unknown[k] for k in ("queue", "task", "waiting", "dead", "last_seen_at")} == {
+        "queue": "default", "task": "send_mail", "waiting": 3, "dead": 1,
+        "last_seen_at": None}
     assert code == 1 and codes(report) == ["unknown_task"]
     (message,) = messages(report, "unknown_task")
     assert "4 job(s) of task 'send_mail' in queue 'default'" in message
-    assert "3 retrying, 1 dead" in message
+    assert "3 waiting for one, 1 dead; a worker last knew it: never" in message
     screen = run("status", PGJOBS_DATABASE_URL=fresh_dsn)
     assert "UNKNOWN TASKS" in screen.stdout and "WARNING [unknown_task]" in screen.stdout
 

@@ -70,10 +70,8 @@ def complete_many(q: Queries, writes: Sequence[tuple[int, Any, Row]],
     unwritten ``reports`` when given (in the same order); returns the ids written (a job
     whose lease this attempt lost is not among them). ``unknown_task_grace``: seconds
     after which an ``unknown_task`` row is dead rather than available (None: never)."""
-    params: dict[str, Any] = outcomes_param(writes, reports)
-    params["unknown_task_grace"] = (None if unknown_task_grace is None
-                                    else timedelta(seconds=unknown_task_grace))
-    return Query(q.job_complete_many, params, _ids, schema=q.schema)
+    return Query(q.job_complete_many, outcomes_param(writes, reports, unknown_task_grace),
+                 _ids, schema=q.schema)
 
 
 PLAIN_SUCCESS: Row = ("succeeded", None, 0, None, None, None, 0)
@@ -93,10 +91,12 @@ def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set
 
 
 def outcomes_param(writes: Sequence[tuple[int, Any, Row]],
-                   reports: Sequence[Reports] | None = None) -> dict[str, str]:
-    """``job_complete_many``'s one parameter: a JSON array of [id, token, state, delay,
-    refund, error, result, meta, recovered, progress, checkpoint] rows (one text parameter
-    is far cheaper to send than eleven arrays dumped element by element)."""
+                   reports: Sequence[Reports] | None = None,
+                   unknown_task_grace: float | None = None) -> dict[str, Any]:
+    """``job_complete_many``'s parameters: the outcomes, a JSON array of [id, token, kind,
+    delay, refund, error, result, meta, recovered, progress, checkpoint] rows (one text
+    parameter is far cheaper to send than eleven arrays dumped element by element), and
+    the grace of its ``unknown_task`` rows (seconds; None: never dead)."""
     if reports is None:
         document = [[job_id, str(token), *row] for job_id, token, row in writes]
     else:
@@ -105,7 +105,9 @@ def outcomes_param(writes: Sequence[tuple[int, Any, Row]],
     # ensure_ascii: a lone surrogate or NUL becomes a JSON escape that the database
     # refuses (a psycopg.Error, which the completer handles row by row), never an encoding
     # error in the driver.
-    return {"outcomes": json.dumps(document, separators=(",", ":"))}
+    grace = None if unknown_task_grace is None else timedelta(seconds=unknown_task_grace)
+    return {"outcomes": json.dumps(document, separators=(",", ":")),
+            "unknown_task_grace": grace}
 
 
 def complete_fenced(q: Queries, job_id: int, token: Any, result: str | None,

@@ -25,8 +25,9 @@ def queues(q: Queries) -> Records:
 
 
 def unknown_tasks(q: Queries) -> Records:
-    """Per queue and task whose jobs last failed with UnknownTask: queue, task, retrying,
-    dead, last_failed_at."""
+    """Per queue and task that no live worker knows: queue, task, waiting (available),
+    dead (with UnknownTask as their last error), last_seen_at (when a worker last knew
+    the task; None: never)."""
     return Query(q.status_unknown_tasks, None, every, records, schema=q.schema)
 
 

@@ -159,11 +159,12 @@ def _periodic_warnings(status: Status, limits: Thresholds) -> list[StatusWarning
 
 def _unknown_task_warnings(status: Status) -> list[StatusWarning]:
     return [StatusWarning("unknown_task", (
-        f"{u['retrying'] + u['dead']:,} job(s) of task {u['task']!r} in queue {u['queue']!r} "
-        "failed because the worker that claimed them has no such task registered "
-        f"({u['retrying']:,} retrying, {u['dead']:,} dead; "
-        f"last {_ago(u['last_failed_at'], status.now)}): "
-        "deploy workers that register it, or, if the name is a producer's typo, cancel them "
+        f"{u['waiting'] + u['dead']:,} job(s) of task {u['task']!r} in queue {u['queue']!r} "
+        "have a task no live worker knows "
+        f"({u['waiting']:,} waiting for one, {u['dead']:,} dead; a worker last knew it: "
+        f"{_ago(u['last_seen_at'], status.now)}): "
+        "deploy workers that register it (waiting jobs die after the workers' "
+        "--unknown-task-grace), or, if the name is a producer's typo, cancel them "
         "(pgjobs jobs cancel) and fix the producer"))
         for u in status.unknown_tasks]
 

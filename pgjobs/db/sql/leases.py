@@ -99,7 +99,10 @@ WITH o AS (
                          >= %(unknown_task_grace)s::interval
                      AND NOT EXISTS (
                          SELECT FROM {schema}.workers AS w
-                         WHERE w.state = 'running' AND w.meta->'tasks' ? j.task
+                         WHERE w.state = 'running'
+                           -- (one that does not list its tasks is assumed to know it,
+                           -- as why() assumes)
+                           AND (NOT w.meta ? 'tasks' OR w.meta->'tasks' ? j.task)
                            AND w.heartbeat_at > clock_timestamp() - make_interval(
                                secs => coalesce((w.meta->>'lease')::float8, 30))))
                END AS death

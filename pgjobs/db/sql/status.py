@@ -31,20 +31,35 @@ FULL JOIN {schema}.queues AS q ON q.name = c.queue
 ORDER BY 1
 """
 
-# Jobs whose latest attempt failed because the worker that claimed it had no task of that
-# name registered (a producer's typo, or producers deployed ahead of the workers): per
-# queue and task, those waiting to retry and those dead, and when the last one failed.
-# Reads the same live and dead rows as status_queues; `errors -> -1` is the latest entry.
+# Jobs of tasks that the live workers of their queue do not know (a producer's typo, or
+# producers deployed ahead of the workers), per queue and task, with the conditions of
+# why()'s unknown_task: those waiting for a worker that has the task (workers that lack it
+# hand them back unrun, until their --unknown-task-grace), and those dead because none
+# came (their latest error is UnknownTask); and when a live worker last knew the task (the
+# registry; NULL: never). A queue no live worker serves is queue_unserved's warning, not
+# this one. A live worker that does not list its tasks (workers.meta.tasks) is assumed to
+# know every task, as why() assumes. Jobs are grouped before workers are looked at: one
+# probe per queue and task, not per job.
 status_unknown_tasks = """
-SELECT queue, task,
-       count(*) FILTER (WHERE state = 'available') AS retrying,
-       count(*) FILTER (WHERE state = 'dead') AS dead,
-       max((errors -> -1 ->> 'at')::timestamptz) AS last_failed_at
-FROM {schema}.jobs
-WHERE state IN ('available', 'dead') AND attempt > 0
-  AND errors -> -1 ->> 'type' = 'pgjobs.UnknownTask'
-GROUP BY queue, task
-ORDER BY queue, task
+WITH live AS (
+    SELECT w.queues, w.meta FROM {schema}.workers AS w
+    WHERE w.state = 'running'
+      AND w.heartbeat_at > now() - make_interval(secs => coalesce((w.meta->>'lease')::float8, 30))
+),
+counted AS (
+    SELECT queue, task, count(*) FILTER (WHERE state = 'available') AS waiting,
+           count(*) FILTER (WHERE state = 'dead') AS dead
+    FROM {schema}.jobs
+    WHERE state = 'available'
+       OR (state = 'dead' AND errors -> -1 ->> 'type' = 'pgjobs.UnknownTask')
+    GROUP BY queue, task
+)
+SELECT c.queue, c.task, c.waiting, c.dead, t.last_seen_at
+FROM counted AS c LEFT JOIN {schema}.tasks AS t ON t.name = c.task
+WHERE EXISTS (SELECT FROM live WHERE c.queue = ANY(live.queues))
+  AND NOT EXISTS (SELECT FROM live WHERE c.queue = ANY(live.queues)
+                                     AND (NOT live.meta ? 'tasks' OR live.meta->'tasks' ? c.task))
+ORDER BY c.queue, c.task
 """
 
 # Workers that have not stopped (and stopped ones from the last hour), with the jobs

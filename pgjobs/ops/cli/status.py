@@ -97,10 +97,10 @@ def _show(result: Status, schema: str) -> None:
                [[p["name"], p["schedule"], p["task"], "yes" if p["enabled"] else "no (paused)",
                  when(p["last_tick"]), when(p["next_tick"])] for p in result.periodic])
     if result.unknown_tasks:
-        click.echo("\nUNKNOWN TASKS (jobs whose worker had no such task registered)")
-        table(["QUEUE", "TASK", "RETRYING", "DEAD", "LAST FAILED"],
-              [[u["queue"], u["task"], _count(u["retrying"]), _count(u["dead"]),
-                when(u["last_failed_at"])] for u in result.unknown_tasks])
+        click.echo("\nUNKNOWN TASKS (jobs of tasks no live worker knows)")
+        table(["QUEUE", "TASK", "WAITING", "DEAD", "LAST KNOWN"],
+              [[u["queue"], u["task"], _count(u["waiting"]), _count(u["dead"]),
+                when(u["last_seen_at"])] for u in result.unknown_tasks])
     click.echo("\nTABLES")
     table(["TABLE", "LIVE ROWS", "DEAD ROWS", "LAST VACUUM"],
            [[t["table"], _count(t["live_tuples"]), _count(t["dead_tuples"]),
