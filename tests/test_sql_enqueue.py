@@ -6,6 +6,7 @@ trigger on a user table, the job commits with the row and a real worker runs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -202,6 +203,55 @@ def test_invalid_values_are_refused_with_what_to_do(
     assert caught.value.sqlstate == "22023"
     conn.rollback()
     assert scalar_in(conn, "SELECT count(*) FROM pgjobs.jobs WHERE task LIKE 'parity.%'") == 0
+
+
+def test_a_python_producer_enqueues_by_name_with_the_registry(
+    conn: Conn, tasks: pgjobs.App
+) -> None:
+    register(conn, tasks)
+    producer = pgjobs.App(dsn=tasks.dsn)  # imports none of the tasks
+    try:
+        for task, args in (("parity.plain", {"user_id": 5}),
+                           ("parity.keyed", {"customer_id": 3, "flag": False})):
+            by_name = producer.enqueue(conn, task, **args).id
+            by_code = tasks.task(task).enqueue(conn, **args).id
+            assert row(conn, by_name) == row(conn, by_code)
+        # options given with the name win over the registry's
+        job_id = producer.task("parity.plain", priority=9).options(max_attempts=1).enqueue(
+            conn, user_id=1).id
+        assert (row(conn, job_id)["queue"], row(conn, job_id)["priority"],
+                row(conn, job_id)["max_attempts"]) == ("mail", 9, 1)
+        held = producer.enqueue(conn, "parity.unique", report={"x": 1})
+        assert tasks.task("parity.unique").enqueue(conn, report={"x": 1}).id == held.id
+        with pytest.raises(pgjobs.InvalidOption, match="computed by a Python callable"):
+            producer.enqueue(conn, "parity.callable_key", user_id=1)
+        # a name no worker registered: pgjobs' defaults, as before the registry
+        assert row(conn, producer.enqueue(conn, "nobody.registered").id)["queue"] == "default"
+    finally:
+        producer.close()
+
+
+def test_an_async_producer_enqueues_by_name_with_the_registry(fresh_app: pgjobs.App) -> None:
+    @fresh_app.job(name="by_name.async", queue="mail", priority=2)
+    def task() -> None: ...
+
+    with psycopg.connect(fresh_app.dsn) as c:
+        register(c, fresh_app)
+    producer = pgjobs.App(dsn=fresh_app.dsn)
+
+    async def enqueue() -> tuple[int, int]:
+        try:
+            async with await psycopg.AsyncConnection.connect(fresh_app.dsn) as aconn:
+                in_tx = (await producer.task("by_name.async").enqueue_async(aconn)).id
+            producer._definitions.clear()  # read again, on the async pool this time
+            own = (await producer.task("by_name.async").enqueue_async(None)).id
+            return in_tx, own
+        finally:
+            await producer.aclose()
+
+    ids = asyncio.run(enqueue())
+    assert query(fresh_app.dsn, "SELECT queue, priority FROM pgjobs.jobs WHERE id = ANY(%s)",
+                 list(ids)) == [("mail", 2)] * 2
 
 
 def test_sql_enqueue_notifies_as_python_does(fresh_app: pgjobs.App) -> None:

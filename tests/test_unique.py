@@ -226,6 +226,9 @@ def test_reliable_push_retries_without_a_duplicate(dsn: str, mode: str) -> None:
                                  open=True)
     FlakyConnection.mode = mode
     task = flaky.task("member")
+    # A reference reads its task's definition from the registry first (and keeps it):
+    # read it before the failures are armed, so that they hit the push itself.
+    flaky._definition(None, "member")
     try:
         FlakyConnection.armed.set()
         single = task.enqueue(n=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -13,14 +14,20 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from ..core.errors import ConfigurationError, InvalidOption, MissingDatabaseURL, UnknownTask
+from ..core.errors import (
+    ConfigurationError,
+    InvalidOption,
+    MissingDatabaseURL,
+    SchemaNotReady,
+    UnknownTask,
+)
 from ..core.hooks import EventKind, Hooks, Listener, Phase
 from ..core.limits import KeyLimit
 from ..core.names import check_task_name, did_you_mean
 from ..core.options import JobOptions
 from ..core.schedule import Schedule
 from ..core.types import BatchStatus, Enqueued, JobChange, JobResult
-from ..db import jobs
+from ..db import jobs, workers
 from ..db.enqueue import AnyStatement
 from ..db.queries import Queries
 from ..db.sessions import sync_connection
@@ -39,6 +46,11 @@ T = TypeVar("T")
 M = TypeVar("M", bound=Callable[..., Any])
 AnyConnection = psycopg.Connection[Any]
 AnyAsyncConnection = psycopg.AsyncConnection[Any]
+
+
+DEFINITION_TTL = 60.0
+"""Seconds a task's definition read from the registry is reused by enqueues by name (a
+deploy that changes a task's queue or limits reaches such producers within this)."""
 
 
 class App:
@@ -65,6 +77,7 @@ class App:
         self._pool: ConnectionPool[AnyConnection] | None = None
         self._apool: AsyncConnectionPool[AnyAsyncConnection] | None = None
         self._alock = asyncio.Lock()
+        self._definitions: dict[str, tuple[Mapping[str, Any] | None, float]] = {}
 
     def __repr__(self) -> str:
         return f"<pgjobs.App schema={self.config.schema!r} tasks={len(self.tasks)}>"
@@ -220,6 +233,7 @@ class App:
             return registered.options(**options) if options else registered
         reference: Task[..., Any] = Task(self, check_task_name(name),
                                          JobOptions().merge(options), None)
+        reference.overrides = dict(options)  # the rest comes from the registry at enqueue
         if self.tasks and self.config.strict_names:
             # A job no worker can run would be retried for weeks: refuse it here, where
             # the typo is made. A pure producer (no tasks registered) is not checked.
@@ -229,6 +243,47 @@ class App:
                 "App(..., strict_names=False))"
             )
         return reference
+
+    def _definition(self, conn: AnyConnection | None, name: str) -> Mapping[str, Any] | None:
+        """Task ``name``'s definition in the registry the workers fill (None: no worker
+        registered it), read on ``conn`` (None: the pool) and kept DEFINITION_TTL
+        seconds."""
+        cached = self._definitions.get(name)
+        if cached is not None and time.monotonic() - cached[1] < DEFINITION_TTL:
+            return cached[0]
+        query = workers.definition(self.queries, name)
+        try:
+            if conn is None:
+                found = push.read(self.pool, query, self.config.push_retries,
+                                  self.config.pool_timeout)
+            else:
+                # a savepoint: a schema from before the registry (revision 0010) must not
+                # abort the caller's transaction
+                with conn.transaction():
+                    found = query.run(conn)
+        except SchemaNotReady:
+            found = None  # pgjobs' defaults, as before the registry
+        self._definitions[name] = (found, time.monotonic())
+        return found
+
+    async def _adefinition(self, aconn: AnyAsyncConnection | None, name: str
+                           ) -> Mapping[str, Any] | None:
+        """:meth:`_definition` on an async connection (None: the async pool)."""
+        cached = self._definitions.get(name)
+        if cached is not None and time.monotonic() - cached[1] < DEFINITION_TTL:
+            return cached[0]
+        query = workers.definition(self.queries, name)
+        try:
+            if aconn is None:
+                found = await push.aread(await self.apool(), query, self.config.push_retries,
+                                         self.config.pool_timeout)
+            else:
+                async with aconn.transaction():
+                    found = await query.arun(aconn)
+        except SchemaNotReady:
+            found = None
+        self._definitions[name] = (found, time.monotonic())
+        return found
 
     def get_task(self, name: str) -> Task[..., Any]:
         try:

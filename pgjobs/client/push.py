@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -19,6 +19,9 @@ from ..db import receipts
 from ..db.connection import TRANSIENT
 from ..db.enqueue import AnyStatement
 from ..db.queries import Queries
+from ..db.statement import Query
+
+T = TypeVar("T")
 
 log = logging.getLogger("pgjobs")
 
@@ -67,6 +70,31 @@ async def apush(pool: AsyncConnectionPool[Any], q: Queries, statement: AnyStatem
                 raise
             # An earlier try committed while this one ran: the next finds its receipt.
             continue
+        except (*TRANSIENT, PoolTimeout) as exc:
+            await asyncio.sleep(_wait(attempt, retries, exc))
+    raise AssertionError("unreachable")
+
+
+def read(pool: ConnectionPool[Any], query: Query[T], retries: int, timeout: float) -> T:
+    """Run ``query``, which writes nothing, on ``pool``, retried like :func:`push`: what
+    an enqueue without a connection reads first (a task's definition) is as reliable as
+    the enqueue itself."""
+    for attempt in range(retries + 1):
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                return query.run(conn)
+        except (*TRANSIENT, PoolTimeout) as exc:
+            time.sleep(_wait(attempt, retries, exc))
+    raise AssertionError("unreachable")
+
+
+async def aread(pool: AsyncConnectionPool[Any], query: Query[T], retries: int,
+                timeout: float) -> T:
+    """:func:`read` on an async pool."""
+    for attempt in range(retries + 1):
+        try:
+            async with pool.connection(timeout=timeout) as conn:
+                return await query.arun(conn)
         except (*TRANSIENT, PoolTimeout) as exc:
             await asyncio.sleep(_wait(attempt, retries, exc))
     raise AssertionError("unreachable")

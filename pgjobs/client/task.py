@@ -41,6 +41,10 @@ class Host(Protocol):
 
     def _push(self, statement: AnyStatement) -> list[Enqueued]: ...
 
+    def _definition(self, conn: Any, name: str) -> Mapping[str, Any] | None: ...
+
+    async def _adefinition(self, aconn: Any, name: str) -> Mapping[str, Any] | None: ...
+
     async def _apush(self, statement: AnyStatement) -> list[Enqueued]: ...
 
     def wait(self, job_id: int, timeout: float | None = None) -> JobResult: ...
@@ -51,7 +55,8 @@ class Host(Protocol):
 class Task(Generic[P, R]):
     """A registered handler plus enqueue defaults. Calling it runs the function directly."""
 
-    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "retry_backoff", "timeout")
+    __slots__ = ("app", "encoder", "fn", "limit", "name", "opts", "overrides", "retry_backoff",
+                 "timeout")
 
     def __init__(
         self, app: Host, name: str, opts: JobOptions, fn: Callable[P, R] | None,
@@ -65,6 +70,9 @@ class Task(Generic[P, R]):
         self.timeout: float | None = None
         self.retry_backoff: Callable[[int], float] | None = None
         self.limit: KeyLimit | None = None
+        self.overrides: dict[str, Any] | None = None
+        """A reference by name only (``app.task(name)``): the options it was given, over
+        the definition the registry holds, read at enqueue (None: a task with its own)."""
 
     def __repr__(self) -> str:
         return f"<pgjobs.Task {self.name} queue={self.opts.queue!r}>"
@@ -85,6 +93,29 @@ class Task(Generic[P, R]):
         copy = Task(self.app, self.name, self.opts.merge(changes), self.fn, self.encoder)
         copy.timeout, copy.retry_backoff = self.timeout, self.retry_backoff
         copy.limit = self.limit
+        if self.overrides is not None:
+            copy.overrides = {**self.overrides, **changes}
+        return copy
+
+    def defined(self, row: Mapping[str, Any] | None) -> Task[P, R]:
+        """This reference with the definition ``row`` of the registry (None: pgjobs'
+        defaults), under the options it was given: what a worker's own task would
+        enqueue (queue, defaults, per-key limit)."""
+        opts = self.opts  # no row: pgjobs' defaults under the given options, as before
+        if row is not None:
+            base = JobOptions(**{name: row[name] for name in DEFINED_OPTIONS})
+            opts = base.merge(self.overrides or {})
+        copy: Task[P, R] = Task(self.app, self.name, opts, None, self.encoder)
+        if row is None:
+            return copy
+        if row["concurrency_limit"] is not None or row["rate_limit"] is not None:
+            if row["concurrency_key"] is None:
+                raise InvalidOption(
+                    f"{self.name}: its per-key limit's key is computed by a Python callable "
+                    "that this producer does not have; enqueue it where the task's code is "
+                    "imported (or write the key as a format string of its arguments)")
+            copy.limit = KeyLimit(row["concurrency_key"], row["concurrency_limit"],
+                                  row["rate_limit"], row["rate_period"])
         return copy
 
     def enqueue(self, conn: ConnectionLike | None = None, /, **kwargs: Any) -> Enqueued:
@@ -126,6 +157,9 @@ class Task(Generic[P, R]):
 
     def _send(self, conn: ConnectionLike | None, rows: list[Mapping[str, Any]]
               ) -> list[Enqueued]:
+        if self.overrides is not None and rows:  # by name: the registry's definition
+            return self.defined(self.app._definition(sync_connection(conn), self.name)
+                                )._send(conn, rows)
         jobs = self.new_jobs(rows)
         if not jobs.args:
             return []
@@ -140,6 +174,9 @@ class Task(Generic[P, R]):
 
     async def _asend(self, aconn: AsyncConnectionLike | None, rows: list[Mapping[str, Any]]
                      ) -> list[Enqueued]:
+        if self.overrides is not None and rows:  # by name: the registry's definition
+            definition = await self.app._adefinition(await async_connection(aconn), self.name)
+            return await self.defined(definition)._asend(aconn, rows)
         jobs = self.new_jobs(rows)
         if not jobs.args:
             return []
@@ -189,6 +226,11 @@ class Task(Generic[P, R]):
             unique_keys=unique_keys, channel=config.channel if config.notify else None,
         )
 
+
+
+DEFINED_OPTIONS = ("queue", "priority", "max_attempts", "run_at", "run_in", "expires_at",
+                   "expires_in", "unique_for", "unique_key", "unique_until", "on_duplicate")
+"""The ``JobOptions`` a task's row in the registry holds (db.sql.workers.task_register)."""
 
 
 def attach(source: ResultSource, results: list[Enqueued]) -> list[Enqueued]:

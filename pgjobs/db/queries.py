@@ -61,6 +61,7 @@ class Queries:
     worker_last_id: sql.SQL
     worker_registered: sql.SQL
     task_register: sql.SQL
+    task_definition: sql.SQL
     periodic_upsert: sql.SQL
     periodic_disable_missing: sql.SQL
     periodic_state: sql.SQL

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from ..core.limits import KeyLimit
 from ..core.options import JobOptions
 from .queries import Queries
-from .statement import Query, rowcount, scalar
+from .statement import Query, first, records, rowcount, scalar
 
 
 def register(q: Queries, host: str, pid: int, queues: Sequence[str], concurrency: int,
@@ -81,3 +81,8 @@ def register_tasks(q: Queries, tasks: Iterable[TaskDefinition]) -> Query[int]:
         for name in REGISTRY_COLUMNS:
             params[name].append(row[name])
     return Query(q.task_register, params, rowcount, schema=q.schema)
+
+
+def definition(q: Queries, name: str) -> Query[dict[str, Any] | None]:
+    """Task ``name``'s row in the registry, by column (None: no worker registered it)."""
+    return Query(q.task_definition, {"name": name}, first, records, schema=q.schema)

@@ -70,3 +70,11 @@ SET queue = excluded.queue, priority = excluded.priority,
     concurrency_limit = excluded.concurrency_limit, rate_limit = excluded.rate_limit,
     rate_period = excluded.rate_period, updated_at = now(), last_seen_at = now()
 """
+
+# A task's definition, for a producer that enqueues it by name without its code.
+task_definition = """
+SELECT queue, priority, max_attempts, run_at, run_in, expires_at, expires_in, unique_for,
+       unique_key, unique_until, on_duplicate, concurrency_key, concurrency_limit,
+       rate_limit, rate_period
+FROM {schema}.tasks WHERE name = %(name)s
+"""
