@@ -50,6 +50,8 @@ log = logging.getLogger("pgjobs.worker")
 T = TypeVar("T")
 
 UNKNOWN_TASK_DELAY = 5.0
+"""Seconds a job of a task this worker lacks waits before it is due again (at most): a
+worker that has the task, polling every second, usually claims it first."""
 
 
 class Worker:
