@@ -1,6 +1,6 @@
 """Compare the server time of ``job_complete_many`` at another commit with this tree's, on
 flushes of outcomes that take the long statement (successes with a result), alternating,
-medians; then show that the unknown-task subquery (revision 0010) runs only for the rows
+medians; then show that the unknown-task subquery (revision 0012) runs only for the rows
 that need it.
 
     PGJOBS_DATABASE_URL=... .venv/bin/python benchmarks/ab_complete_many.py 85d548c \\

@@ -1,4 +1,4 @@
-"""Enqueue from SQL: ``pgjobs.enqueue(task, args, ...)`` (revision 0010) reads the task's
+"""Enqueue from SQL: ``pgjobs.enqueue(task, args, ...)`` (revision 0012) reads the task's
 queue and defaults from the ``tasks`` registry that workers fill, and writes the same job
 the Python enqueue writes: same columns, the same unique key (a duplicate of a Python
 enqueue is a duplicate in SQL), the same batch count and the same notification. From a

@@ -257,7 +257,7 @@ class App:
                 found = push.read(self.pool, query, self.config.push_retries,
                                   self.config.pool_timeout)
             else:
-                # a savepoint: a schema from before the registry (revision 0010) must not
+                # a savepoint: a schema from before the registry (revision 0012) must not
                 # abort the caller's transaction
                 with conn.transaction():
                     found = query.run(conn)

@@ -36,7 +36,7 @@ beat AS (
     WHERE id = %(worker_id)s
     RETURNING id
 ),
--- The registry's last sighting of this worker's tasks (revision 0010), at most once a
+-- The registry's last sighting of this worker's tasks (revision 0012), at most once a
 -- minute per task across the fleet: most beats write nothing. A row another worker is
 -- refreshing right now is skipped, never waited for.
 seen AS (

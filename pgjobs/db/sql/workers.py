@@ -32,7 +32,7 @@ SELECT id FROM {schema}.workers
 WHERE host = %(host)s AND pid = %(pid)s AND id > %(after)s AND state = 'running'
 """
 
-# A starting worker's tasks, into the registry (revision 0010) that pgjobs.enqueue() in
+# A starting worker's tasks, into the registry (revision 0012) that pgjobs.enqueue() in
 # SQL and `pgjobs jobs why` read: its definition replaces the row's (the latest worker
 # started wins a mixed deploy), and the task is seen now. Rows are taken in name order,
 # so two workers starting at once wait for each other instead of deadlocking.

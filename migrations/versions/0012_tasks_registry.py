@@ -25,14 +25,14 @@
 
 Locks: CREATE TABLE and CREATE FUNCTION take no lock on existing tables.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 """
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
