@@ -117,7 +117,7 @@ def report(q: Queries, job_id: int, token: Any, reports: Reports) -> Query[None]
 
 def complete_commit(q: Queries, job_id: int, token: Any, result: str | None) -> Query[None]:
     """Success inside the caller's transaction, raising :class:`pgjobs.LeaseLost` (PJ002)
-    when this attempt no longer holds the lease: safe to pipeline with a COMMIT."""
+    when this attempt no longer holds the lease, which aborts the transaction."""
     params = {"id": job_id, "token": token, "result": result}
     return Query(q.job_complete_commit, params, _nothing, schema=q.schema)
 

@@ -185,8 +185,8 @@ class JobContext:
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection in a transaction that commits with the job's success: exactly-once
-        effects in two round trips (your statements, then the completion pipelined with
-        the COMMIT)::
+        effects, with two round trips after your statements (the completion, then the
+        COMMIT)::
 
             with pgjobs.current_job().transaction() as conn:
                 conn.execute("INSERT INTO deliveries ...", (...))
@@ -204,10 +204,13 @@ class JobContext:
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
             report = self._report()
-            with translated_errors(self.queries.schema), conn.pipeline():
+            # Not pipelined: psycopg's pipeline mode cost more client CPU than the round
+            # trip it saves (benchmarks/tx_completion.py), and the client's CPU is what
+            # bounds a worker of transactional jobs.
+            with translated_errors(self.queries.schema):
                 if report is not None:
                     conn.execute(report.text, report.params)
-                conn.execute(query.text, query.params)  # no result to wait for
+                conn.execute(query.text, query.params)
                 conn.commit()
             self._committed()
         except BaseException as exc:
@@ -224,12 +227,11 @@ class JobContext:
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
             report = self._report()
-            with translated_errors(self.queries.schema):
-                async with conn.pipeline():
-                    if report is not None:
-                        await conn.execute(report.text, report.params)
-                    await conn.execute(query.text, query.params)
-                    await conn.commit()
+            with translated_errors(self.queries.schema):  # not pipelined: see transaction()
+                if report is not None:
+                    await conn.execute(report.text, report.params)
+                await conn.execute(query.text, query.params)
+                await conn.commit()
             self._committed()
         except BaseException as exc:
             if not conn.closed:

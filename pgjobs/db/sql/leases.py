@@ -124,9 +124,8 @@ RETURNING job.id
 """
 
 # current_job().transaction(): the same success, through job_complete() (revision 0007),
-# which raises PJ002 when the lease is lost instead of matching no row, so that it can be
-# pipelined with the COMMIT that follows: a lost lease aborts the transaction and the
-# COMMIT rolls the handler's effects back.
+# which raises PJ002 when the lease is lost instead of matching no row: a lost lease
+# aborts the transaction, and the handler's effects roll back with it.
 job_complete_commit = """
 SELECT {schema}.job_complete(%(id)s::bigint, %(token)s::uuid, %(result)s::jsonb)
 """
