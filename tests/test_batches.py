@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgjobs
 from pgjobs.core import outcomes
@@ -173,6 +174,34 @@ def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> 
             again.on_death(callback, tag="late")
         conn.rollback()
         again.on_success(callback, tag="still possible")  # success has not happened
+
+
+def test_the_counters_trigger_runs_for_a_success_but_not_for_a_claim(dsn: str) -> None:
+    """A claim (available -> running) moves no counter, so the trigger is left out of it
+    (revision 0010): a claim of three batch jobs calls it never, their success once
+    each. Counted in the transaction's own function statistics."""
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.enqueue_many(member, [{"n": n} for n in range(3)])
+    calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+             "WHERE funcname = 'jobs_batch_progress'")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET LOCAL track_functions = 'pl'")
+        claimed = claim(conn, limit=3)
+        assert len(claimed) == 3
+        assert scalar_in(conn, calls) == 0
+        conn.execute(sql.SQL("UPDATE {} SET state = 'succeeded', finished_at = now(), "
+                             "lease_token = NULL, lease_expires_at = NULL "
+                             "WHERE id = ANY(%s)").format(
+            sql.Identifier(app.queries.schema, "jobs")), ([c.id for c in claimed],))
+        assert scalar_in(conn, calls) == 3
+    assert app.batch_status(None, batch.id).succeeded == 3
+
+
+def scalar_in(conn: psycopg.Connection[object], statement: str) -> object:
+    row = conn.execute(statement).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str) -> None:
