@@ -1,12 +1,19 @@
-"""The batch counters' trigger no longer runs for a claim.
+"""Batch counters for less: the trigger no longer runs for a claim, nor for the workers'
+plain successes, which count themselves per batch.
 
 ``jobs_batch_progress`` (BEFORE UPDATE OF state, per row) fired for every change of state
-of a job in a batch, the claim's ``available`` -> ``running`` included. That change moves
-no counter (a running job is as pending as an available one, and only a ``running`` job
-can fail), so the call only cost the claim a PL/pgSQL function per batch job: the claims
-of a drain of jobs in one batch took 10-14 ms against 6-7 ms without a batch
-(benchmarks/profile_drain.py --batch). The trigger's WHEN clause now leaves that
-transition out; every other change of state still counts, also from SQL by hand.
+of a job in a batch and appended one ``batch_deltas`` row per job, which the fold then
+deleted: a PL/pgSQL call, a row and an index entry written and deleted again, per job.
+
+- **Claims.** The claim's ``available`` -> ``running`` moves no counter (a running job is
+  as pending as an available one, and only a running job can fail), so the call only
+  cost the claim a function per batch job. The WHEN clause now leaves it out.
+- **Plain successes.** The workers' common flush (``job_complete_succeeded``) knows what
+  each of its rows does to the counters: a running job succeeds. It appends one delta row
+  per batch and sets ``pgjobs_batches.counted_by_statement`` for its own transaction, which
+  the WHEN clause reads to leave the trigger out. Every other change of state (failures,
+  retries, reclaims, expiries, ``complete(conn)``, operator actions, SQL by hand) still
+  goes through the trigger, one delta per job.
 
 Locks: CREATE OR REPLACE TRIGGER takes SHARE ROW EXCLUSIVE on ``jobs`` briefly (writes
 wait for it, reads do not); nothing is rewritten.
@@ -25,7 +32,9 @@ depends_on = None
 UPGRADE = """
 CREATE OR REPLACE TRIGGER jobs_batch_progress BEFORE UPDATE OF state ON jobs
     FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
-                       AND NOT (OLD.state = 'available' AND NEW.state = 'running'))
+                       AND NOT (OLD.state = 'available' AND NEW.state = 'running')
+                       AND current_setting('pgjobs_batches.counted_by_statement', true)
+                           IS DISTINCT FROM 'on')
     EXECUTE FUNCTION jobs_batch_progress();
 """
 

@@ -79,7 +79,9 @@ def plain_success(row: Row) -> bool:
 
 def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set[int]]:
     """Plain successes of (job id, lease token) pairs, for jobs that hold no unique key,
-    in one statement (``job_complete_succeeded``); returns the ids written."""
+    in one statement (``job_complete_succeeded``); returns the ids written. Run it alone
+    in its transaction (autocommit, as the completer does): it counts its batches itself
+    and keeps the batch trigger out until its transaction ends."""
     param = ",".join(f"{job_id}:{token}" for job_id, token in jobs)
     return Query(q.job_complete_succeeded, {"jobs": param}, _ids, schema=q.schema)
 
