@@ -178,7 +178,7 @@ def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> 
 
 def test_the_counters_trigger_runs_for_a_success_but_not_for_a_claim(dsn: str) -> None:
     """A claim (available -> running) moves no counter, so the trigger is left out of it
-    (revision 0010): a claim of three batch jobs calls it never, their success once
+    (revision 0011): a claim of three batch jobs calls it never, their success once
     each. Counted in the transaction's own function statistics."""
     with psycopg.connect(dsn) as conn:
         batch = app.batch(conn)
@@ -199,7 +199,7 @@ def test_the_counters_trigger_runs_for_a_success_but_not_for_a_claim(dsn: str) -
 
 
 def test_a_flush_of_plain_successes_counts_each_batch_once_and_exactly(dsn: str) -> None:
-    """The workers' common flush appends one delta row per batch (revision 0010), not one
+    """The workers' common flush appends one delta row per batch (revision 0011), not one
     per job, and its counts are the trigger's: a job that had failed before leaves the
     failed count as it succeeds. Jobs of two batches and one of none, in one statement."""
     with psycopg.connect(dsn) as conn:

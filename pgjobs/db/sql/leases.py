@@ -113,7 +113,7 @@ RETURNING id
 # same fenced update as job_complete_many with constants for the rest, and one text
 # parameter "id:token,id:token,..." that costs the server no JSON parsing. Returns the
 # ids written.
-# Batch counters (revision 0010): every row is a running job that succeeds, so what it
+# Batch counters (revision 0011): every row is a running job that succeeds, so what it
 # does to its batch's counters is known (pending -1, succeeded +1, failed -1 if it had
 # failed before), and the statement appends one delta row per batch instead of the
 # trigger's one per job. set_config(..., true) tells the trigger to stay out until this

@@ -18,14 +18,14 @@ deleted: a PL/pgSQL call, a row and an index entry written and deleted again, pe
 Locks: CREATE OR REPLACE TRIGGER takes SHARE ROW EXCLUSIVE on ``jobs`` briefly (writes
 wait for it, reads do not); nothing is rewritten.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
