@@ -115,7 +115,7 @@ def test_every_object_of_the_schema_has_its_grants(conn: psycopg.Connection[Any]
         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgjobs'
     """)}
     # Identity sequences are drawn from by INSERT alone, without a grant of their own.
-    identity = {"batches_id_seq", "workers_id_seq"}
+    identity = {"batches_id_seq", "workers_id_seq", "periodic_ticks_id_seq"}
     granted = {r[0] for r in conn.execute(
         "SELECT CASE kind WHEN 'FUNCTION' THEN name::regprocedure::text ELSE name END "
         "FROM unnest(%s::text[], %s::text[]) AS g(kind, name)",
