@@ -113,6 +113,11 @@ def recent_ticks(q: Queries, name: str, limit: int) -> Query[list[dict[str, Any]
                  schema=q.schema)
 
 
+def latest_ticks(q: Queries, limit: int) -> Query[list[dict[str, Any]]]:
+    """The newest ``limit`` ledger rows of every schedule, by name, newest first."""
+    return Query(q.periodic_tick_latest, {"limit": limit}, every, records, schema=q.schema)
+
+
 def list_all(q: Queries, name: str | None = None) -> Query[list[dict[str, Any]]]:
     """Every schedule's row, or ``name``'s (name, task, queue, schedule, timezone,
     catch_up, catch_up_window, enabled, last_tick, last_job_id, owner, paused,

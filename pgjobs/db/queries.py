@@ -71,6 +71,7 @@ class Queries:
     periodic_take_run: sql.SQL
     periodic_tick_manual: sql.SQL
     periodic_tick_recent: sql.SQL
+    periodic_tick_latest: sql.SQL
     periodic_list: sql.SQL
     queue_set_paused: sql.SQL
     queue_set_limits: sql.SQL

@@ -167,6 +167,21 @@ ORDER BY id DESC
 LIMIT %(limit)s
 """
 
+# The newest ledger rows of every schedule, %(limit)s each (the dashboard's periodic
+# page): one backward index scan of periodic_ticks_name_idx per schedule.
+periodic_tick_latest = """
+SELECT p.name, t.tick, t.first_tick, t.outcome, t.reason, t.job_id, t.recorded_at
+FROM {schema}.periodic AS p
+CROSS JOIN LATERAL (
+    SELECT id, tick, first_tick, outcome, reason, job_id, recorded_at
+    FROM {schema}.periodic_ticks
+    WHERE name = p.name
+    ORDER BY id DESC
+    LIMIT %(limit)s
+) AS t
+ORDER BY p.name, t.id DESC
+"""
+
 periodic_list = """
 SELECT name, task, queue, schedule, timezone, catch_up, catch_up_window, enabled, last_tick,
        last_job_id, owner, paused, resumed_at, run_requested_at, created_at, now()
