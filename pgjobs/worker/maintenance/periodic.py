@@ -2,8 +2,14 @@
 
 There is no leader: each tick is claimed by a compare-and-set on the schedule's
 ``periodic`` row in the same transaction as the tick's job insert, so any number of
-workers enqueue each (schedule, tick) exactly once. Tick times come from the database
-clock. A burst worker (drain, then exit) does not run this step.
+workers enqueue each (schedule, tick) exactly once. The same transaction writes the
+ledger (``periodic_ticks``): one row per tick decided, enqueued or passed over, so it is
+exact too. Tick times come from the database clock. A burst worker (drain, then exit)
+does not run this step.
+
+A paused schedule's ticks are decided all the same, and recorded as skipped. An
+operator's run request (``pgjobs periodic run-now``) is taken here too, by compare-and-set
+on the request, and never moves ``last_tick``.
 
 A worker ticks only the schedules whose job goes to a queue it serves (``--queues``): a
 worker of other queues would otherwise keep filling a queue that nobody may serve, and a
