@@ -29,9 +29,11 @@ SET schedule = excluded.schedule, task = excluded.task, queue = excluded.queue,
 
 # A schedule removed from the code is disabled, not deleted: its history stays readable.
 # Only the syncing App's own schedules: another codebase's, sharing the schema under
-# another owner, are not "missing" from this code.
+# another owner, are not "missing" from this code. A pending run request is dropped: no
+# worker has the code to run it, and it must not fire if the schedule comes back weeks
+# later.
 periodic_disable_missing = """
-UPDATE {schema}.periodic SET enabled = false, updated_at = now()
+UPDATE {schema}.periodic SET enabled = false, run_requested_at = NULL, updated_at = now()
 WHERE enabled AND owner = %(owner)s AND NOT (name = ANY(%(names)s::text[]))
 RETURNING name
 """
