@@ -314,10 +314,14 @@ def test_owners_sharing_a_schema_disable_only_their_own_schedules(fresh_dsn: str
                             "ORDER BY name") == [
         ("invoices", "billing", True), ("reindex", "search", True),
         ("reminders", "billing", True)]
-    # billing's next deploy drops "reminders": disabled; search's schedule is left alone
-    assert sync(app_of("billing", "invoices")) == ["reminders"]
-    assert query(fresh_dsn, "SELECT name, enabled FROM pgjobs.periodic ORDER BY name") == [
-        ("invoices", True), ("reindex", True), ("reminders", False)]
+    # billing's next deploy drops "reminders": disabled, and a run requested for it is
+    # dropped (no worker has its code); search's schedule is left alone
+    billing = app_of("billing", "invoices")
+    billing.run_periodic_now(None, "reminders")
+    assert sync(billing) == ["reminders"]
+    assert query(fresh_dsn, "SELECT name, enabled, run_requested_at FROM pgjobs.periodic "
+                            "ORDER BY name") == [
+        ("invoices", True, None), ("reindex", True, None), ("reminders", False, None)]
     with pytest.raises(pgjobs.InvalidOption, match="periodic_owner"):
         pgjobs.App(dsn=fresh_dsn, periodic_owner=" ")
 
