@@ -109,9 +109,9 @@ class Schedule:
         schedule's new ``last_tick``. Every tick in (base, new last_tick] is in exactly
         one of the two."""
         latest = self.latest_tick(now)
-        first = self.next_tick(base)
-        if latest is None or first is None or latest <= base:
+        if latest is None or latest <= base:
             return Plan([], [], None)
+        first = self.next_tick(base) or latest  # the oldest tick due
         if paused:
             return Plan([], [Passed(first, latest, "skipped", "paused")], latest)
         passed: list[Passed] = []

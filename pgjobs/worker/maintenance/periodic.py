@@ -187,9 +187,10 @@ def _log(schedule: Schedule, entries: Iterable[TickEntry]) -> None:
         elif e.reason == "duplicate":
             log.info("periodic %s: tick %s skipped: job %s still holds the unique key",
                      schedule.name, e.tick.isoformat(), e.job_id)
-        elif e.first_tick == e.tick:
-            log.info("periodic %s: tick %s %s (%s)", schedule.name, e.tick.isoformat(),
-                     e.outcome, e.reason)
         else:
-            log.info("periodic %s: ticks %s to %s %s (%s)", schedule.name,
-                     e.first_tick.isoformat(), e.tick.isoformat(), e.outcome, e.reason)
+            # A paused schedule's ticks were asked for: DEBUG, not a line every tick.
+            level = logging.DEBUG if e.reason == "paused" else logging.INFO
+            ticks = (e.tick.isoformat() if e.first_tick == e.tick
+                     else f"{e.first_tick.isoformat()} to {e.tick.isoformat()}")
+            log.log(level, "periodic %s: tick(s) %s %s (%s)", schedule.name, ticks,
+                    e.outcome, e.reason)
