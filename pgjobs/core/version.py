@@ -7,4 +7,4 @@ migrations/versions, so a new revision cannot be forgotten here.
 
 __version__ = "0.1.0"
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
