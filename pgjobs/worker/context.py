@@ -141,6 +141,14 @@ class JobContext:
         or a recovery after a lost worker) as :attr:`last_checkpoint`."""
         self._checkpoint = (encode_checkpoint(value), self._checkpoint[1] + 1)
 
+    def reported(self, progress: str | None, checkpoint: str | None) -> None:
+        """Reports already encoded (JSON texts; None: nothing new), as a suspect's own
+        process sends them to its worker (``worker.isolated``)."""
+        if progress is not None:
+            self._progress = (progress, self._progress[1] + 1)
+        if checkpoint is not None:
+            self._checkpoint = (checkpoint, self._checkpoint[1] + 1)
+
     def unwritten(self) -> tuple[tuple[str | None, str | None], tuple[int, int]]:
         """The reports no write has carried yet ((progress, checkpoint), None: nothing
         new), and the versions to pass to :meth:`written` once a write carried them."""
