@@ -54,10 +54,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--kind", default="async")
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--flags", default="",
+                        help="More profile_drain.py flags for both trees' runs (--batch).")
     parser.add_argument("--after-flags", default="",
                         help="More profile_drain.py flags for the second tree's runs.")
     args = parser.parse_args()
-    flags = {"before": [], "after": args.after_flags.split()}
+    flags = {"before": args.flags.split(), "after": [*args.flags.split(),
+                                                      *args.after_flags.split()]}
     results: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]

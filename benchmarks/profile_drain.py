@@ -153,6 +153,8 @@ def main() -> None:
                         help="OpenTelemetry tracing on, with the SDK (or the API alone).")
     parser.add_argument("--sampled", type=float, default=1.0,
                         help="With --tracing: the fraction of jobs whose trace is sampled.")
+    parser.add_argument("--batch", action="store_true",
+                        help="Enqueue the jobs in one batch (as pgjobs bench's batch scenario).")
     args = parser.parse_args()
     if args.trace:
         trace_round_trips()
@@ -160,7 +162,10 @@ def main() -> None:
     with bench.scratch_schema():
         with psycopg.connect(bench.dsn, autocommit=True) as conn:  # tx_effect's table
             conn.execute(sql.SQL(batches.TABLES).format(**batches.tables(bench.schema)))
-        bench.fill(args.jobs, _task_name(args.kind))
+        if args.batch:
+            batches.fill(bench, _task_name(args.kind), args.jobs, batched=True)
+        else:
+            bench.fill(args.jobs, _task_name(args.kind))
         app = bench_app(bench.dsn, bench.schema)
         if args.tracing:
             traced_by_requests(bench, args.sampled)
@@ -183,7 +188,8 @@ def main() -> None:
         server_after = server_cpu(bench.dsn)
     on_server = ("" if server is None or server_after is None else
                  f"; server CPU {(server_after - server) / args.jobs * 1e6:.0f} us/job")
-    print(f"{args.kind} c{args.concurrency}: {stats} in {elapsed:.2f} s = "
+    kind = f"{args.kind} in a batch" if args.batch else args.kind
+    print(f"{kind} c{args.concurrency}: {stats} in {elapsed:.2f} s = "
           f"{args.jobs / elapsed:,.0f} jobs/s; worker CPU {cpu / elapsed:.0%} of one core, "
           f"{cpu / args.jobs * 1e6:.0f} us/job{on_server}")
     report_trace(elapsed)

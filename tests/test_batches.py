@@ -10,13 +10,14 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgjobs
 from pgjobs.core import outcomes
-from pgjobs.db import leases
+from pgjobs.db import batches, leases
 from pgjobs.testing import drain
 from pgjobs.worker.context import JobContext
-from tests.chaos.harness import claim
+from tests.chaos.harness import claim, complete_many
 from tests.helpers import harness_database, query, scalar
 from tests.workerapps.batchapp import HARNESS, app, callback, member, spawner
 
@@ -173,6 +174,71 @@ def test_batches_need_a_transaction_and_late_callbacks_are_refused(dsn: str) -> 
             again.on_death(callback, tag="late")
         conn.rollback()
         again.on_success(callback, tag="still possible")  # success has not happened
+
+
+def test_the_counters_trigger_runs_for_a_success_but_not_for_a_claim(dsn: str) -> None:
+    """A claim (available -> running) moves no counter, so the trigger is left out of it
+    (revision 0011): a claim of three batch jobs calls it never, their success once
+    each. Counted in the transaction's own function statistics."""
+    with psycopg.connect(dsn) as conn:
+        batch = app.batch(conn)
+        batch.enqueue_many(member, [{"n": n} for n in range(3)])
+    calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+             "WHERE funcname = 'jobs_batch_progress'")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET LOCAL track_functions = 'pl'")
+        claimed = claim(conn, limit=3)
+        assert len(claimed) == 3
+        assert scalar_in(conn, calls) == 0
+        conn.execute(sql.SQL("UPDATE {} SET state = 'succeeded', finished_at = now(), "
+                             "lease_token = NULL, lease_expires_at = NULL "
+                             "WHERE id = ANY(%s)").format(
+            sql.Identifier(app.queries.schema, "jobs")), ([c.id for c in claimed],))
+        assert scalar_in(conn, calls) == 3
+    assert app.batch_status(None, batch.id).succeeded == 3
+
+
+def test_a_flush_of_plain_successes_counts_each_batch_once_and_exactly(dsn: str) -> None:
+    """The workers' common flush appends one delta row per batch (revision 0011), not one
+    per job, and its counts are the trigger's: a job that had failed before leaves the
+    failed count as it succeeds. Jobs of two batches and one of none, in one statement."""
+    with psycopg.connect(dsn) as conn:
+        first, second = app.batch(conn), app.batch(conn)
+        with_callbacks(first, "first")
+        first.enqueue_many(member, [{"n": n} for n in range(4)])
+        second.enqueue_many(member, [{"n": n} for n in range(2)])
+        member.enqueue(conn, n=-1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        claimed = claim(conn, limit=7)
+        retried = next(c for c in claimed if c.job.batch_id == first.id)
+        failed = outcomes.failure(retried.job, ValueError("once"), lambda attempt: 0.0)
+        assert failed.kind == outcomes.RETRY
+        assert complete_many(conn, retried, failed) == {retried.id}
+        assert app.batch_status(None, first.id).failed == 1
+        conn.execute(batches.fold(app.queries, [first.id]).text,
+                     {"ids": [first.id]})  # the failure's delta folded: a clean slate
+        again = claim(conn, limit=1)
+        assert [c.id for c in again] == [retried.id]
+        rest = [c for c in claimed if c.id != retried.id] + again
+        written = leases.complete_succeeded(app.queries,
+                                            [(c.id, c.job.lease_token) for c in rest])
+        assert written.run(conn) == {c.id for c in rest}
+        deltas = conn.execute(sql.SQL(
+            "SELECT batch_id, pending, succeeded, failed FROM {} ORDER BY batch_id").format(
+            sql.Identifier(app.queries.schema, "batch_deltas"))).fetchall()
+    assert deltas == [(first.id, -4, 4, -1), (second.id, -2, 2, 0)]
+    for batch_id, total in ((first.id, 4), (second.id, 2)):  # exact before the fold too
+        status = app.batch_status(None, batch_id)
+        assert (status.pending, status.succeeded, status.failed) == (0, total, 0)
+    drain(app)  # folds: the callbacks fire once
+    assert callbacks(dsn) == [(first.id, "complete", "first"), (first.id, "success", "first")]
+    assert app.batch_status(None, first.id).state == "succeeded"
+
+
+def scalar_in(conn: psycopg.Connection[object], statement: str) -> object:
+    row = conn.execute(statement).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def test_concurrent_outcome_flushes_over_shared_batches_never_deadlock(dsn: str) -> None:

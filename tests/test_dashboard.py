@@ -25,6 +25,7 @@ from pgjobs.ops.cli import cli
 from tests.dashboard_data import (
     BIG_ARGS,
     CREDENTIALS,
+    HOSTILE,
     PAGES,
     Seeded,
     client,
@@ -36,7 +37,8 @@ from tests.dashboard_data import (
 from tests.helpers import query, scalar
 
 ACTION_PATHS = ("/jobs/1/retry", "/jobs/1/cancel", "/jobs/1/delete", "/jobs/bulk",
-                "/queues/mail/pause", "/queues/mail/resume")
+                "/queues/mail/pause", "/queues/mail/resume", "/periodic/pause",
+                "/periodic/run-now")
 
 
 @pytest.fixture
@@ -220,6 +222,35 @@ def test_pause_and_resume_a_queue(seeded: tuple[str, Seeded]) -> None:
         assert scalar(dsn, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'") is False
         assert c.post("/queues/bad name!/pause", data={"csrf": token}).status_code == 400
         assert c.post("/queues/mail/explode", data={"csrf": token}).status_code == 404
+
+
+def test_pause_resume_and_run_now_a_schedule_and_its_recent_ticks(
+        seeded: tuple[str, Seeded]) -> None:
+    dsn, _ = seeded
+    name = HOSTILE  # schedule names are free text: sent in the form, escaped in the page
+    query(dsn, "INSERT INTO pgjobs.periodic_ticks (name, tick, first_tick, outcome, reason, "
+               "job_id) VALUES (%s, now() - interval '5 minutes', now() - interval '5 minutes', "
+               "'enqueued', 'on_time', 4242)", name)
+    with client(dsn) as c:
+        page = c.get("/periodic").text
+        assert "enqueued (on_time)" in page and 'href="/jobs/4242"' in page
+        assert "owner default" in page
+        token = csrf_of(page)
+        paused = c.post("/periodic/pause", data={"csrf": token, "name": name},
+                        follow_redirects=False)
+        assert paused.status_code == 303 and paused.headers["location"] == "/periodic"
+        assert scalar(dsn, "SELECT paused FROM pgjobs.periodic WHERE name = %s", name) is True
+        page = c.get("/periodic").text
+        assert 'class="badge paused"' in page and 'action="/periodic/resume"' in page
+        c.post("/periodic/resume", data={"csrf": token, "name": name})
+        c.post("/periodic/run-now", data={"csrf": token, "name": name})
+        assert query(dsn, "SELECT paused, resumed_at IS NOT NULL, run_requested_at IS NOT NULL "
+                          "FROM pgjobs.periodic WHERE name = %s", name) == [(False, True, True)]
+        assert "run requested" in c.get("/periodic").text
+        missing = c.post("/periodic/pause", data={"csrf": token, "name": "nope"})
+        assert missing.status_code == 404 and "no periodic schedule named" in missing.text
+        assert c.post("/periodic/explode", data={"csrf": token, "name": name}).status_code == 404
+        assert c.post("/periodic/pause", data={"csrf": token}).status_code == 400
 
 
 def test_read_only_offers_no_action_and_refuses_every_post(seeded: tuple[str, Seeded]) -> None:

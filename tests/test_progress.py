@@ -64,6 +64,23 @@ def test_progress_rides_the_heartbeat_and_the_last_report_the_outcome(
     assert done.result is None  # the first attempt had no checkpoint to start from
 
 
+def test_a_suspect_in_a_process_of_its_own_reports_through_its_worker(
+    dsn: str, spawn: Spawner
+) -> None:
+    """A recovered job runs alone in a child process (``worker.isolated``); what its
+    handler reports reaches the worker through the pipe and rides the heartbeat."""
+    job_id = basic.reporting.enqueue().id
+    query(dsn, "UPDATE pgjobs.jobs SET recoveries = 1 WHERE id = %s", job_id)
+    worker = spawn("--lease", "3")
+    wait_until(lambda: reports(dsn, job_id) == (0.5, {"step": 1}), what="heartbeat's write")
+    assert scalar(dsn, "SELECT state FROM pgjobs.jobs WHERE id = %s", job_id) == "running"
+    query(dsn, "INSERT INTO public.effects (job_id, pid) VALUES (%s, 0)", job_id)
+    done = app.wait(job_id, timeout=60)
+    assert (done.state, done.progress, done.checkpoint) == (
+        "succeeded", {"done": 2, "total": 2}, {"step": 2})
+    assert "in a process of its own" not in worker.log()  # it did not crash
+
+
 def test_a_retried_job_resumes_from_its_last_checkpoint(
     dsn: str, spawn: Spawner
 ) -> None:

@@ -20,7 +20,7 @@ import pgjobs
 from pgjobs.ops import migrate as _migrate
 from pgjobs.ops.cli import cli
 from pgjobs.ops.roles import GRANTS, Roles, roles_sql
-from tests.dashboard_data import PAGES, client, csrf_of, seed
+from tests.dashboard_data import HOSTILE, PAGES, client, csrf_of, seed
 from tests.deploy import COPY_ROWS, enqueue_every_way
 from tests.helpers import WorkerProcess, query, scalar, wait_until
 from tests.workerapps.deployed import HARNESS
@@ -116,7 +116,7 @@ def test_every_object_of_the_schema_has_its_grants(conn: psycopg.Connection[Any]
         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgjobs'
     """)}
     # Identity sequences are drawn from by INSERT alone, without a grant of their own.
-    identity = {"batches_id_seq", "workers_id_seq"}
+    identity = {"batches_id_seq", "workers_id_seq", "periodic_ticks_id_seq"}
     granted = {r[0] for r in conn.execute(
         "SELECT CASE kind WHEN 'FUNCTION' THEN name::regprocedure::text ELSE name END "
         "FROM unnest(%s::text[], %s::text[]) AS g(kind, name)",
@@ -177,6 +177,29 @@ def test_the_worker_role_retries_and_cancels_jobs_by_hand_and_the_app_role_canno
     operator.close()
     assert scalar(deployment.admin, "SELECT job_id FROM pgjobs.unique_keys WHERE key = 'k'") \
         == waiting
+
+
+def test_the_app_role_pauses_resumes_and_runs_schedules_and_nothing_more(
+    deployment: Deployment,
+) -> None:
+    query(deployment.admin, "INSERT INTO pgjobs.periodic (name, schedule, task, queue, "
+                            "last_tick) VALUES ('nightly', '0 3 * * *', 'member', 'default', "
+                            "now())")
+    app = pgjobs.App(dsn=deployment.app)
+    app.pause_periodic(None, "nightly")
+    app.resume_periodic(None, "nightly")
+    requested = app.run_periodic_now(None, "nightly")
+    app.close()
+    assert query(deployment.admin, "SELECT paused, resumed_at IS NOT NULL, run_requested_at "
+                                   "FROM pgjobs.periodic") == [(False, True, requested)]
+    assert scalar(deployment.app, "SELECT count(*) FROM pgjobs.periodic_ticks") == 0  # reads
+    # A column grant: the operator columns only; the ledger is the workers'.
+    for statement in ["UPDATE pgjobs.periodic SET enabled = false",
+                      "UPDATE pgjobs.periodic SET last_tick = now()",
+                      "DELETE FROM pgjobs.periodic_ticks",
+                      "INSERT INTO pgjobs.periodic_ticks (name, tick, first_tick, outcome, "
+                      "reason) VALUES ('nightly', now(), now(), 'enqueued', 'manual')"]:
+        refused(deployment.app, statement)
 
 
 @pytest.mark.slow
@@ -292,7 +315,9 @@ def test_the_dashboard_role_shows_every_page_and_takes_every_action(
                                            "upto": str(child_job)}),
                            (f"/jobs/{rows.available}/cancel", {}),
                            (f"/jobs/{rows.expired}/delete", {}),
-                           ("/queues/mail/pause", {})]:
+                           ("/queues/mail/pause", {}),
+                           ("/periodic/pause", {"name": HOSTILE}),
+                           ("/periodic/run-now", {"name": HOSTILE})]:
             done = c.post(path, data={"csrf": token, **form})
             assert done.status_code == 200 and "may not" not in done.text, (path, done.text)
     assert scalar(deployment.admin, "SELECT count(*) FROM pgjobs.jobs WHERE task = 'mark_sent'") \
@@ -300,6 +325,8 @@ def test_the_dashboard_role_shows_every_page_and_takes_every_action(
     assert scalar(deployment.admin, "SELECT state FROM pgjobs.jobs WHERE id = %s",
                   rows.dead) == "available"
     assert scalar(deployment.admin, "SELECT paused FROM pgjobs.queues WHERE name = 'mail'")
+    assert query(deployment.admin, "SELECT paused, run_requested_at IS NOT NULL "
+                                   "FROM pgjobs.periodic") == [(True, True)]
     for statement in ["UPDATE pgjobs.workers SET state = 'stopped'",
                       "DELETE FROM pgjobs.batches", "UPDATE pgjobs.periodic SET enabled = false",
                       "SELECT * FROM pgjobs.enqueue_receipts", "TRUNCATE pgjobs.jobs",

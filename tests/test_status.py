@@ -153,18 +153,19 @@ def test_a_silent_worker_is_stale_after_its_lease(fresh_dsn: str) -> None:
     assert screen.exit_code == 1 and "running (stale)" in screen.stdout
 
 
-def test_an_overdue_schedule_and_a_paused_one(fresh_dsn: str) -> None:
+def test_an_overdue_schedule_and_a_disabled_one(fresh_dsn: str) -> None:
     query(fresh_dsn, "INSERT INTO pgjobs.periodic (name, schedule, task, queue, last_tick, "
-                     "enabled) VALUES ('minutely', '* * * * *', 't', 'default', "
-                     "now() - interval '1 hour', true), ('nightly', '0 3 * * *', 't', "
-                     "'default', now() - interval '3 days', false)")
+                     "enabled, paused) VALUES ('minutely', '* * * * *', 't', 'default', "
+                     "now() - interval '1 hour', true, false), ('nightly', '0 3 * * *', 't', "
+                     "'default', now() - interval '3 days', false, false), ('weekly', "
+                     "'0 3 * * 1', 't', 'default', now(), true, true)")
     code, report = status(fresh_dsn)
     assert code == 1 and codes(report) == ["periodic_overdue"]
     assert "'minutely'" in messages(report, "periodic_overdue")[0]
     nightly = next(p for p in report["periodic"] if p["name"] == "nightly")
     assert nightly["enabled"] is False and nightly["next_tick"] is None
     screen = run("status", PGJOBS_DATABASE_URL=fresh_dsn).stdout
-    assert "no (paused)" in screen
+    assert "no (gone from the code)" in screen and "yes (paused)" in screen
 
 
 # -- the xmin horizon (RELIABILITY.md: a long-held snapshot elsewhere pins vacuum) ---------

@@ -660,6 +660,20 @@ def test_a_second_sigterm_cuts_the_grace_period_short(
     assert job(dsn, job_id)["state"] == "available"
 
 
+def test_sigterm_stops_a_worker_still_waiting_for_the_database_at_start() -> None:
+    """Nothing listens on the port: the worker keeps retrying its first connection, and a
+    SIGTERM ends it cleanly (exit 0, saying why) instead of waiting for a SIGKILL."""
+    worker = WorkerProcess("postgresql://postgres@127.0.0.1:1/nowhere")
+    try:
+        wait_until(lambda: "claim connection failed" in worker.log(), 30,
+                   "the worker to retry its first connection")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.log()
+        assert "stopped before the database could be reached" in worker.log()
+    finally:
+        worker.close()
+
+
 def test_the_worker_refuses_a_schema_flag_that_contradicts_the_app(dsn: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PGJOBS_SCHEMA"}
     env["PYTHONPATH"] = str(TESTS)

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import psycopg
@@ -31,7 +31,7 @@ from ..db import jobs, workers
 from ..db.enqueue import AnyStatement
 from ..db.queries import Queries
 from ..db.sessions import sync_connection
-from . import admin, push, results
+from . import admin, periodic, push, results
 from .batches import Batch, create_batch, get_status
 from .config import SETTING_NAMES, Config
 from .periodic import make_schedule
@@ -420,6 +420,27 @@ class App:
         docs/jobs.md). One :class:`JobChange` per id, in id order."""
         channel = self.config.channel
         return self._run(conn, lambda c: admin.retry_jobs(self.queries, c, ids, channel))
+
+    def pause_periodic(self, conn: ConnectionLike | None, name: str) -> None:
+        """Pause periodic schedule ``name`` (in ``conn``'s transaction, or None: one of
+        its own): its ticks are recorded as skipped and enqueue nothing until
+        :meth:`resume_periodic`. It stays paused across worker restarts and deploys.
+        Raises :class:`pgjobs.ScheduleNotFound` for an unknown name."""
+        self._run(conn, lambda c: periodic.pause(self.queries, c, name))
+
+    def resume_periodic(self, conn: ConnectionLike | None, name: str) -> None:
+        """Resume periodic schedule ``name``, without catching up the ticks it missed
+        while paused: the next job is for the first tick after the resume."""
+        self._run(conn, lambda c: periodic.resume(self.queries, c, name))
+
+    def run_periodic_now(self, conn: ConnectionLike | None, name: str) -> datetime:
+        """Ask the workers to enqueue one job of periodic schedule ``name`` now, through
+        the task's ordinary enqueue, without changing its ticks; returns the request's
+        time. The next worker that ticks the schedule (one serving its queue) enqueues it
+        within about a second and records it in the ledger (``periodic_ticks``, reason
+        ``manual``). Raises :class:`pgjobs.ScheduleNotFound`, or
+        :class:`pgjobs.ScheduleDisabled` when no worker's code declares it."""
+        return self._run(conn, lambda c: periodic.run_now(self.queries, c, name))
 
     # -- results ----------------------------------------------------------------------
 

@@ -50,8 +50,19 @@ class Config:
     producer and may name any task). False: a producer that registers some tasks but does
     not import the workers' code enqueues any valid name, unchecked."""
 
+    periodic_owner: str = "default"
+    """Who owns this App's periodic schedules (``periodic.owner``): a worker's sync
+    disables the schedules of its owner that its code no longer declares, and leaves
+    other owners' alone. Give each codebase that declares schedules in a shared schema a
+    name of its own (``App(periodic_owner="billing")``); codebases with the same owner
+    disable each other's schedules (docs/periodic.md)."""
+
     def __post_init__(self) -> None:
         check_schema(self.schema)
+        owner = self.periodic_owner
+        if not isinstance(owner, str) or not 1 <= len(owner) <= 200 or not owner.strip():
+            raise InvalidOption(f"periodic_owner must be a non-blank string of at most 200 "
+                                f"characters, not {owner!r}")
         if self.max_args_bytes is not None and self.max_args_bytes < 2:
             raise InvalidOption("max_args_bytes must be at least 2, or None for no limit")
         if self.pool_size < 1:

@@ -1,4 +1,10 @@
-"""Periodic declarations: ``@app.periodic`` validates a schedule for a registered task."""
+"""Periodic declarations and run-time control: ``@app.periodic`` validates a schedule for
+a registered task; :func:`pause`, :func:`resume` and :func:`run_now` (``App.pause_periodic``
+and friends, ``pgjobs periodic pause|resume|run-now``, the dashboard) act on its row.
+
+The controls need the database only, not the code that declares the schedule: a run
+requested here is enqueued by the next worker that ticks the schedule, since only a worker
+has the task's code (its options, unique key and limits)."""
 
 from __future__ import annotations
 
@@ -7,12 +13,17 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterError
 
-from ..core.errors import ConfigurationError, InvalidOption
+from ..core.errors import ConfigurationError, InvalidOption, ScheduleDisabled, ScheduleNotFound
 from ..core.schedule import CATCH_UP_POLICIES, Schedule
+from ..db import periodic
+from ..db.queries import Queries
 from .task import Task
+
+AnyConnection = psycopg.Connection[Any]
 
 
 def make_schedule(
@@ -64,3 +75,42 @@ def make_schedule(
     except CroniterError as exc:
         raise InvalidOption(f"{schedule.name}: {cron!r} never fires ({exc})") from None
     return schedule
+
+
+def pause(q: Queries, conn: AnyConnection, name: str) -> None:
+    """Pause schedule ``name``: from the commit on, its ticks are recorded as skipped
+    (reason ``paused``) and enqueue nothing, until :func:`resume`. Workers' sync keeps
+    it paused (a restart or deploy does not resume it)."""
+    if periodic.set_paused(q, name, True).run(conn) is None:
+        raise ScheduleNotFound(name)
+
+
+def resume(q: Queries, conn: AnyConnection, name: str) -> None:
+    """Resume schedule ``name``. No catch-up: the ticks due while it was paused, those a
+    worker had not handled yet included, are skipped (reason ``paused``), as for a
+    schedule enabled again; the next job is for the first tick after the resume."""
+    if periodic.set_paused(q, name, False).run(conn) is None:
+        raise ScheduleNotFound(name)
+
+
+def run_now(q: Queries, conn: AnyConnection, name: str) -> datetime:
+    """Ask the workers to enqueue one job of schedule ``name`` now (paused or not); returns
+    when the request was made (the ledger row of the run carries it as its ``tick``,
+    reason ``manual``; see :func:`manual_run`). The schedule's ticks are unaffected. A
+    request already pending is not doubled. Raises :class:`ScheduleDisabled` for a
+    schedule no worker's code declares."""
+    row = periodic.request_run(q, name).run(conn)
+    if row is None:
+        raise ScheduleNotFound(name)
+    if not row["enabled"]:
+        raise ScheduleDisabled(name)
+    requested: datetime = row["run_requested_at"]
+    return requested
+
+
+def manual_run(q: Queries, conn: AnyConnection, name: str, requested_at: datetime
+               ) -> dict[str, Any] | None:
+    """The ledger row of the run :func:`run_now` requested at ``requested_at`` (outcome
+    ``enqueued`` with its ``job_id``, or ``skipped`` as a ``duplicate`` of the job holding
+    the task's unique key); None while no worker has taken the request."""
+    return periodic.manual_tick(q, name, requested_at).run(conn)

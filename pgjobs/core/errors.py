@@ -17,6 +17,8 @@
     ├── UnknownTask                 a name that no ``@app.job`` registered
     ├── LeaseLost                   a write about a job whose lease this attempt no longer holds
     ├── JobNotFound                 no job with that id (never enqueued, or pruned)
+    ├── ScheduleNotFound            no periodic schedule of that name (also a LookupError)
+    │   └── ScheduleDisabled        the schedule is disabled: no worker's code declares it
     └── ResultTimeout               a wait for a job's end ran out of time (also a TimeoutError)
 
     JobTimeout (an Exception)       a handler ran longer than its task's ``timeout``; recorded
@@ -123,6 +125,26 @@ class JobNotFound(PgJobsError, LookupError):
             f"no job {job_id}: it was never enqueued, its transaction has not committed, "
             "or it finished and was pruned (retention_* settings)")
         self.job_id = job_id
+
+
+class ScheduleNotFound(PgJobsError, LookupError):
+    """No periodic schedule of this name in the ``periodic`` table."""
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or (
+            f"no periodic schedule named {name!r}: workers write a schedule to the table when "
+            "they start; `pgjobs periodic list` shows the names"))
+        self.name = name
+
+
+class ScheduleDisabled(ScheduleNotFound):
+    """The schedule is disabled (no worker's code declares it any more), so no worker
+    would run it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, (
+            f"periodic schedule {name!r} is disabled: no worker's code declares it any more, "
+            "so no worker would enqueue its job; declare it again and restart the workers"))
 
 
 class ResultTimeout(PgJobsError, TimeoutError):

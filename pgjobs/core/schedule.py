@@ -98,20 +98,89 @@ class Schedule:
             pass
         return ticks
 
-    def due(self, base: datetime, now: datetime) -> tuple[list[datetime], datetime | None]:
-        """The ticks to enqueue now, given the last tick handled (``base``), and the
-        schedule's new ``last_tick`` (None: nothing is due)."""
+    def previous_tick(self, tick: datetime) -> datetime | None:
+        """The newest tick before ``tick``."""
+        return self.latest_tick(tick - EPSILON)
+
+    def plan(self, base: datetime, now: datetime, *, paused: bool = False,
+             resumed_at: datetime | None = None) -> Plan:
+        """What to do now, given the last tick handled (``base``): the ticks to enqueue,
+        the ticks passed over (each with its ledger outcome and reason) and the
+        schedule's new ``last_tick``. Every tick in (base, new last_tick] is in exactly
+        one of the two."""
         latest = self.latest_tick(now)
         if latest is None or latest <= base:
-            return [], None
-        if self.catch_up == "latest":
-            return [latest], latest
-        if self.catch_up == "skip":
-            return ([latest] if now - latest <= ON_TIME else []), latest
-        ticks = self.ticks_between(max(base, now - self.window), now, TICKS_PER_TRANSACTION)
+            return Plan([], [], None)
+        first = self.next_tick(base) or latest  # the oldest tick due
+        if paused:
+            return Plan([], [Passed(first, latest, "skipped", "paused")], latest)
+        passed: list[Passed] = []
+        if resumed_at is not None and resumed_at > base:
+            # Ticks due while paused that no worker handled then: skipped as paused too,
+            # so a resume never brings a burst of old ticks.
+            held = self.latest_tick(min(resumed_at, now))
+            if held is not None and held > base:
+                passed.append(Passed(first, held, "skipped", "paused"))
+                if held == latest:
+                    return Plan([], passed, latest)
+                base, first = held, self.next_tick(held) or latest
+        if self.catch_up == "all":
+            return self._plan_all(base, first, now, latest, passed)
+        if self.catch_up == "skip" and now - latest > ON_TIME:
+            passed.append(Passed(first, latest, "skipped", "catch_up"))
+            return Plan([], passed, latest)
+        older = self.previous_tick(latest)
+        if older is not None and first <= older:
+            passed.append(Passed(first, older, "skipped", "catch_up"))
+        return Plan([Due(latest, _lateness(latest, now))], passed, latest)
+
+    def _plan_all(self, base: datetime, first: datetime, now: datetime, latest: datetime,
+                  passed: list[Passed]) -> Plan:
+        horizon = now - self.window
+        if base < horizon:
+            too_old = self.latest_tick(horizon)
+            if too_old is not None and too_old > base:
+                passed.append(Passed(first, too_old, "missed", "outside_window"))
+        ticks = self.ticks_between(max(base, horizon), now, TICKS_PER_TRANSACTION)
+        due = [Due(tick, _lateness(tick, now)) for tick in ticks]
         if len(ticks) == TICKS_PER_TRANSACTION:
-            return ticks, ticks[-1]  # more to come in the next transaction
-        return ticks, latest
+            return Plan(due, passed, ticks[-1])  # more to come in the next transaction
+        return Plan(due, passed, latest)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A tick to enqueue, and its ledger reason: ``on_time`` (found at most
+    :data:`ON_TIME` late) or ``caught_up`` (enqueued later, by the catch-up policy)."""
+
+    tick: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """Ticks passed over together (every tick of the cron from ``first`` to ``last``),
+    with their ledger outcome (``skipped``, ``missed``) and reason (``paused``,
+    ``catch_up``, ``outside_window``)."""
+
+    first: datetime
+    last: datetime
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One decision about a schedule's due ticks (:meth:`Schedule.plan`)."""
+
+    due: list[Due]
+    passed: list[Passed]
+    last_tick: datetime | None
+    """The schedule's new ``last_tick`` (None: nothing is due)."""
+
+
+def _lateness(tick: datetime, now: datetime) -> str:
+    return "on_time" if now - tick <= ON_TIME else "caught_up"
 
 
 def next_tick(schedule: str, tz: str, after: datetime) -> datetime | None:

@@ -1,9 +1,11 @@
 """What an operator can do: retry, cancel or delete a job, the same in bulk over a filter
-(after a confirmation page that shows the count), pause and resume a queue.
+(after a confirmation page that shows the count), pause and resume a queue, pause, resume
+and run now a periodic schedule.
 
 Every action is a POST that carries the CSRF token (``checked``); the bulk confirmation
 is a GET that only counts. The writes are pgjobs' own operator statements
-(``client.admin``, ``db.queues``), the same as ``pgjobs jobs`` and ``pgjobs queue`` use.
+(``client.admin``, ``db.queues``, ``client.periodic``), the same as ``pgjobs jobs``,
+``pgjobs queue`` and ``pgjobs periodic`` use.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..client import admin
+from ..client import periodic as client_periodic
+from ..core.errors import ScheduleNotFound
 from ..core.names import check_queue
 from ..core.types import JobChange
 from ..db import dashboard as db
@@ -119,6 +123,26 @@ async def queue_action(request: Request, state: State, form: FormData) -> Respon
     return RedirectResponse(f"{request.scope.get('root_path', '')}/", status_code=303)
 
 
+PERIODIC_ACTIONS = {"pause": client_periodic.pause, "resume": client_periodic.resume,
+                    "run-now": client_periodic.run_now}
+
+
+async def periodic_action(request: Request, state: State, form: FormData) -> Response:
+    # The schedule's name comes in the form: names are free text (slashes too).
+    verb, name = request.path_params["action"], form.get("name")
+    action = PERIODIC_ACTIONS.get(verb)
+    if action is None:
+        raise HTTPException(404, f"a periodic schedule can be paused, resumed or run now, "
+                                 f"not {verb!r}")
+    if not isinstance(name, str) or not name:
+        raise HTTPException(400, "the form names no periodic schedule")
+    try:
+        await state.run(lambda conn: action(state.queries, conn, name))
+    except ScheduleNotFound as exc:  # ScheduleDisabled too: run-now of a gone schedule
+        raise HTTPException(404, str(exc)) from None
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/periodic", status_code=303)
+
+
 def routes() -> list[Route]:
     return [
         Route("/jobs/bulk", bulk_confirm, methods=["GET"], name="bulk_confirm"),
@@ -127,4 +151,6 @@ def routes() -> list[Route]:
               name="job_action"),
         Route("/queues/{name:str}/{action:str}", checked(queue_action), methods=["POST"],
               name="queue_action"),
+        Route("/periodic/{action:str}", checked(periodic_action), methods=["POST"],
+              name="periodic_action"),
     ]

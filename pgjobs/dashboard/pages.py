@@ -26,6 +26,8 @@ ARGS_SHOWN = 64 * 1024
 """Most characters of args the job page shows (the rest is a download)."""
 WORKER_JOBS = 20
 """Jobs listed per worker (all are counted)."""
+RECENT_TICKS = 5
+"""Ledger rows shown per periodic schedule (``pgjobs periodic show`` prints more)."""
 
 
 def dashboard(request: Request) -> State:
@@ -131,7 +133,11 @@ async def batch(request: Request) -> Response:
 async def periodic(request: Request) -> Response:
     d = dashboard(request)
     rows = await d.run(db_periodic.list_all(d.queries))
+    ticks: dict[str, list[dict[str, Any]]] = {}
+    for tick in await d.run(db_periodic.latest_ticks(d.queries, RECENT_TICKS)):
+        ticks.setdefault(tick["name"], []).append(tick)
     for row in rows:
+        row["ticks"] = ticks.get(row["name"], [])
         upcoming = (next_tick(row["schedule"], row["timezone"], row["last_tick"] or row["now"])
                     if row["enabled"] else None)
         row["next_tick"] = upcoming

@@ -85,7 +85,9 @@ def plain_success(row: Row) -> bool:
 
 def complete_succeeded(q: Queries, jobs: Sequence[tuple[int, Any]]) -> Query[set[int]]:
     """Plain successes of (job id, lease token) pairs, for jobs that hold no unique key,
-    in one statement (``job_complete_succeeded``); returns the ids written."""
+    in one statement (``job_complete_succeeded``); returns the ids written. Run it alone
+    in its transaction (autocommit, as the completer does): it counts its batches itself
+    and keeps the batch trigger out until its transaction ends."""
     param = ",".join(f"{job_id}:{token}" for job_id, token in jobs)
     return Query(q.job_complete_succeeded, {"jobs": param}, _ids, schema=q.schema)
 
@@ -127,7 +129,7 @@ def report(q: Queries, job_id: int, token: Any, reports: Reports) -> Query[None]
 
 def complete_commit(q: Queries, job_id: int, token: Any, result: str | None) -> Query[None]:
     """Success inside the caller's transaction, raising :class:`pgjobs.LeaseLost` (PJ002)
-    when this attempt no longer holds the lease: safe to pipeline with a COMMIT."""
+    when this attempt no longer holds the lease, which aborts the transaction."""
     params = {"id": job_id, "token": token, "result": result}
     return Query(q.job_complete_commit, params, _nothing, schema=q.schema)
 

@@ -55,6 +55,7 @@ class Queries:
     job_prune: sql.SQL
     batch_prune: sql.SQL
     worker_prune: sql.SQL
+    periodic_tick_prune: sql.SQL
     limit_key_prune: sql.SQL
     worker_register: sql.SQL
     worker_set_state: sql.SQL
@@ -66,7 +67,13 @@ class Queries:
     periodic_disable_missing: sql.SQL
     periodic_state: sql.SQL
     periodic_advance: sql.SQL
-    periodic_record: sql.SQL
+    periodic_tick_record: sql.SQL
+    periodic_set_paused: sql.SQL
+    periodic_request_run: sql.SQL
+    periodic_take_run: sql.SQL
+    periodic_tick_manual: sql.SQL
+    periodic_tick_recent: sql.SQL
+    periodic_tick_latest: sql.SQL
     periodic_list: sql.SQL
     queue_set_paused: sql.SQL
     queue_set_limits: sql.SQL

@@ -28,6 +28,12 @@ def workers(q: Queries, keep: timedelta, limit: int
     return Query(q.worker_prune, {"keep": keep, "limit": limit}, every, schema=q.schema)
 
 
+def periodic_ticks(q: Queries, keep: timedelta, limit: int, lock: int) -> Query[int]:
+    """Periodic ledger rows recorded more than ``keep`` ago."""
+    return Query(q.periodic_tick_prune, {"keep": keep, "limit": limit, "lock": lock}, rowcount,
+                 schema=q.schema)
+
+
 def unique_keys(q: Queries, limit: int) -> Query[int]:
     """Unique holds whose time ran out."""
     return Query(q.unique_key_prune, {"limit": limit}, rowcount, schema=q.schema)

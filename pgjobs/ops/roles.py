@@ -35,7 +35,9 @@ ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # through the worker's own DSN), so it holds everything the app holds. The dashboard reads
 # what its pages show and acts as an operator: retry, cancel and delete jobs (whose
 # triggers count batches, release or take unique keys, and may fire a batch's callbacks,
-# which inserts jobs), pause and resume queues. The read-only dashboard reads the same.
+# which inserts jobs), pause and resume queues and periodic schedules. The read-only
+# dashboard reads the same.
+_OPERATOR_COLUMNS = "UPDATE (paused, resumed_at, run_requested_at, updated_at)"
 GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     # enqueue inserts; the app reads its jobs back; only workers change them, and delete
     # finished ones past their retention (the pruner; docs/operations.md).
@@ -60,8 +62,15 @@ GRANTS: tuple[tuple[str, str, str, str, str, str], ...] = (
     # reliable push writes and reads receipts; maintenance prunes them after a day (its
     # FOR UPDATE SKIP LOCKED needs UPDATE; no statement updates a receipt).
     ("TABLE", "enqueue_receipts", "SELECT, INSERT", "SELECT, INSERT, UPDATE, DELETE", "", ""),
-    # workers register schedules and advance ticks.
-    ("TABLE", "periodic", "SELECT", "SELECT, INSERT, UPDATE", "SELECT", "SELECT"),
+    # workers register schedules, advance ticks and take run requests; the app
+    # (App.pause_periodic, run_periodic_now) and the dashboard pause, resume and request
+    # runs: UPDATE of the operator columns only (a column grant: they cannot enable,
+    # re-schedule or move ticks).
+    ("TABLE", "periodic", f"SELECT, {_OPERATOR_COLUMNS}", "SELECT, INSERT, UPDATE",
+     f"SELECT, {_OPERATOR_COLUMNS}", "SELECT"),
+    # the ledger: written by the worker that wins a tick, pruned by its retention step;
+    # read by `pgjobs periodic show` and the dashboard.
+    ("TABLE", "periodic_ticks", "SELECT", "SELECT, INSERT, DELETE", "SELECT", "SELECT"),
     # workers register themselves; the pruner deletes rows of long-gone workers.
     ("TABLE", "workers", "SELECT", "SELECT, INSERT, UPDATE, DELETE", "SELECT", "SELECT"),
     # the task registry: workers upsert their tasks at start and refresh last_seen_at

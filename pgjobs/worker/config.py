@@ -20,6 +20,8 @@ class Retention:
     dead: float | None = 7 * 86_400.0
     """Dead and expired jobs."""
     workers: float | None = 86_400.0
+    periodic_ticks: float | None = 7 * 86_400.0
+    """Rows of the periodic ledger (``periodic_ticks``)."""
 
     def longest(self) -> float | None:
         """The longest finite job retention (None: every job state is kept forever). A
@@ -91,6 +93,10 @@ class WorkerConfig:
     retention_workers: float | timedelta | None = 86_400.0
     """How long a workers row is kept after its last heartbeat (stopped workers, and ones
     that died without saying so); never (None): forever. At least three leases."""
+    retention_periodic_ticks: float | timedelta | None = 7 * 86_400.0
+    """How long the periodic ledger's rows (``periodic_ticks``: what each cron tick
+    became) are kept after they were recorded; never (None): forever. A schedule ticking
+    every second adds 86,400 rows a day: shorten it for fast schedules."""
 
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # "mail" or "mail,sms", not the letters m, a, ...
@@ -112,7 +118,7 @@ class WorkerConfig:
             if getattr(self, name) < 0:
                 raise InvalidOption(f"{name} cannot be negative")
         for name in ("unknown_task_grace", "retention_succeeded", "retention_cancelled",
-                     "retention_dead", "retention_workers"):
+                     "retention_dead", "retention_workers", "retention_periodic_ticks"):
             if isinstance(getattr(self, name), timedelta):
                 object.__setattr__(self, name, getattr(self, name).total_seconds())
             value = getattr(self, name)
@@ -138,7 +144,7 @@ class WorkerConfig:
         """The retention periods in seconds (``__post_init__`` turned timedeltas into
         seconds)."""
         periods = (self.retention_succeeded, self.retention_cancelled, self.retention_dead,
-                   self.retention_workers)
+                   self.retention_workers, self.retention_periodic_ticks)
         return Retention(*(None if p is None else float(_seconds(p)) for p in periods))
 
 

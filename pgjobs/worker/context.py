@@ -141,6 +141,14 @@ class JobContext:
         or a recovery after a lost worker) as :attr:`last_checkpoint`."""
         self._checkpoint = (encode_checkpoint(value), self._checkpoint[1] + 1)
 
+    def reported(self, progress: str | None, checkpoint: str | None) -> None:
+        """Reports already encoded (JSON texts; None: nothing new), as a suspect's own
+        process sends them to its worker (``worker.isolated``)."""
+        if progress is not None:
+            self._progress = (progress, self._progress[1] + 1)
+        if checkpoint is not None:
+            self._checkpoint = (checkpoint, self._checkpoint[1] + 1)
+
     def unwritten(self) -> tuple[tuple[str | None, str | None], tuple[int, int]]:
         """The reports no write has carried yet ((progress, checkpoint), None: nothing
         new), and the versions to pass to :meth:`written` once a write carried them."""
@@ -185,8 +193,8 @@ class JobContext:
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection in a transaction that commits with the job's success: exactly-once
-        effects in two round trips (your statements, then the completion pipelined with
-        the COMMIT)::
+        effects, with two round trips after your statements (the completion, then the
+        COMMIT)::
 
             with pgjobs.current_job().transaction() as conn:
                 conn.execute("INSERT INTO deliveries ...", (...))
@@ -204,10 +212,13 @@ class JobContext:
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
             report = self._report()
-            with translated_errors(self.queries.schema), conn.pipeline():
+            # Not pipelined: psycopg's pipeline mode cost more client CPU than the round
+            # trip it saves (benchmarks/tx_completion.py), and the client's CPU is what
+            # bounds a worker of transactional jobs.
+            with translated_errors(self.queries.schema):
                 if report is not None:
                     conn.execute(report.text, report.params)
-                conn.execute(query.text, query.params)  # no result to wait for
+                conn.execute(query.text, query.params)
                 conn.commit()
             self._committed()
         except BaseException as exc:
@@ -224,12 +235,11 @@ class JobContext:
             failpoints.hit("mid_handler")
             query = leases.complete_commit(self.queries, self.id, self.job.lease_token, None)
             report = self._report()
-            with translated_errors(self.queries.schema):
-                async with conn.pipeline():
-                    if report is not None:
-                        await conn.execute(report.text, report.params)
-                    await conn.execute(query.text, query.params)
-                    await conn.commit()
+            with translated_errors(self.queries.schema):  # not pipelined: see transaction()
+                if report is not None:
+                    await conn.execute(report.text, report.params)
+                await conn.execute(query.text, query.params)
+                await conn.commit()
             self._committed()
         except BaseException as exc:
             if not conn.closed:

@@ -53,6 +53,9 @@ class Settings(Protocol):
     @property
     def channel(self) -> str: ...
 
+    @property
+    def periodic_owner(self) -> str: ...
+
 
 class Host(Protocol):
     """An application the worker can run: its database, statements, tasks, schedules,

@@ -12,9 +12,10 @@ The parent keeps the job's lease (its heartbeat) and writes the outcome, as for 
 The child runs the executor's pipeline for the job (``worker.isolated_child``) and sends
 the outcome back through a pipe. Children are forked by multiprocessing's fork server,
 started once with the app's module imported (``--app``): a clean process with nothing of
-the worker's (no connections, no threads), started in milliseconds. What rides the
-heartbeat (``progress``, ``checkpoint``) is not sent from the child, and a lost lease or
-a shutdown kills it.
+the worker's (no connections, no threads), started in milliseconds. What the handler
+reports (``progress``, ``checkpoint``) comes through the pipe too, twice a second at
+most, so the worker's heartbeat writes it as for any job. A lost lease or a shutdown
+kills the child.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class IsolatedRunner:
             # so the heartbeat goes on meanwhile.
             await asyncio.to_thread(proc.start)
             sender.close()
-            reply = await _receive(receiver)
+            reply = await _receive(receiver, ctx)
             await _readable(proc.sentinel)
             proc.join()
         except BaseException:
@@ -108,11 +109,20 @@ async def _readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def _receive(receiver: Connection) -> dict[str, Any] | None:
-    """The child's reply, or None once it closed the pipe without one (it died)."""
-    await _readable(receiver.fileno())
-    try:
-        reply = receiver.recv()
-    except (EOFError, OSError):
-        return None
-    return reply if isinstance(reply, dict) and isinstance(reply.get("kind"), str) else None
+async def _receive(receiver: Connection, ctx: JobContext) -> dict[str, Any] | None:
+    """The child's outcome, or None once it closed the pipe without one (it died). The
+    reports it sends meanwhile (and with its outcome) go into ``ctx``, for the heartbeat
+    and the outcome's write."""
+    while True:
+        await _readable(receiver.fileno())
+        try:
+            message = receiver.recv()
+        except (EOFError, OSError):
+            return None
+        if not isinstance(message, dict):
+            return None
+        report = message.pop("report", None)
+        if isinstance(report, list) and len(report) == 2:
+            ctx.reported(*report)
+        if "kind" in message:
+            return message if isinstance(message["kind"], str) else None

@@ -35,18 +35,63 @@ def load_app(spec: str) -> Any:
     return target
 
 
-async def execute(app: Any, job: ClaimedJob) -> tuple[Outcome, JobContext]:
-    """The job's outcome, and its context (did the handler complete it in its own
-    transaction?)."""
+REPORT_EVERY = 0.5
+"""Seconds between two looks for new reports (progress, checkpoint) to send the worker."""
+
+
+class Reporter:
+    """Sends the worker what the handler reports (``progress``, ``checkpoint``), from a
+    thread of this process, so that the worker's heartbeat writes it as for any job. Each
+    message is ``{"report": [progress, checkpoint]}`` (JSON texts, None: nothing new);
+    the outcome that ends the conversation carries the last ones too."""
+
+    def __init__(self, ctx: JobContext, sender: Connection) -> None:
+        self.ctx = ctx
+        self.sender = sender
+        self.lock = threading.Lock()  # one message at a time on the pipe
+        self.sent = (0, 0)
+        self.done = threading.Event()
+
+    def news(self) -> list[str | None] | None:
+        """The reports made since the last message (None: nothing new)."""
+        (progress, checkpoint), versions = self.ctx.unwritten()
+        p_sent, c_sent = self.sent
+        fresh = [progress if versions[0] > p_sent else None,
+                 checkpoint if versions[1] > c_sent else None]
+        self.sent = versions
+        return fresh if fresh != [None, None] else None
+
+    def run(self) -> None:
+        while not self.done.wait(REPORT_EVERY):
+            with self.lock:
+                news = self.news()
+                if news is not None:
+                    self.sender.send({"report": news})
+
+    def finish(self, reply: dict[str, Any]) -> None:
+        """Send the outcome (with any report not sent yet) and stop."""
+        self.done.set()
+        with self.lock:
+            self.sender.send({**reply, "report": self.news()})
+
+
+async def execute(app: Any, job: ClaimedJob, sender: Connection | None = None
+                  ) -> tuple[Outcome, JobContext, Reporter | None]:
+    """The job's outcome, its context (did the handler complete it in its own
+    transaction?) and, given the pipe to the worker, the reporter that sends what the
+    handler reports meanwhile."""
     pools = TransactionPools(lambda: str(app.dsn), 1, app.config.prepare_threshold)
     ctx = JobContext(job, app.queries, pools=pools)
+    reporter = None if sender is None else Reporter(ctx, sender)
+    if reporter is not None:
+        threading.Thread(target=reporter.run, name="pgjobs-reporter", daemon=True).start()
     executor = Executor(app.tasks, threads=1, hooks=app.hooks)
     try:
         outcome = await executor.execute(job, ctx)
     finally:
         executor.shutdown()
         await pools.close()
-    return outcome, ctx
+    return outcome, ctx, reporter
 
 
 WORKER_GONE = 70
@@ -92,8 +137,9 @@ def main(spec: str, config: Any, document: dict[str, Any], sender: Connection,
     app = load_app(spec)
     app.config = config  # as the worker runs with it (the command line's DSN and settings)
     job = ClaimedJob(**document)
-    outcome, ctx = asyncio.run(execute(app, job))
-    sender.send({**asdict(outcome), "completed": ctx.completed, "committed": ctx.committed})
+    outcome, ctx, reporter = asyncio.run(execute(app, job, sender))
+    assert reporter is not None
+    reporter.finish({**asdict(outcome), "completed": ctx.completed, "committed": ctx.committed})
     sender.close()
     logging.shutdown()
     # A sync handler that ignored should_stop may still hold a thread: do not wait for it.

@@ -8,6 +8,7 @@ for each catch-up policy of docs/periodic.md.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from datetime import datetime, timedelta
@@ -61,6 +62,15 @@ def ticks(dsn: str, schedule: str) -> list[datetime]:
     assert {n for _, n in rows} == {1}, f"{schedule}: a tick was enqueued twice"
     assert scalar(dsn, "SELECT last_tick FROM pgjobs.periodic WHERE name = %s",
                   schedule) == rows[-1][0]
+    # The ledger, written in the tick transactions, agrees: one enqueued row per job, and
+    # its rows tile the ticks (none decided twice, through the stalls and the pause).
+    ledger = query(dsn, "SELECT first_tick, tick, outcome, job_id FROM pgjobs.periodic_ticks "
+                        "WHERE name = %s ORDER BY first_tick", schedule)
+    assert [(t, j) for t, _, outcome, j in ledger if outcome == "enqueued"] == query(
+        dsn, "SELECT (meta->>'tick')::timestamptz, id FROM pgjobs.jobs "
+             "WHERE meta->>'periodic' = %s ORDER BY 1", schedule), f"{schedule}: ledger"
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ledger)), \
+        f"{schedule}: a tick was recorded twice"
     return [t for t, _ in rows]
 
 

@@ -162,20 +162,39 @@ RETURNING id
 # same fenced update as job_complete_many with constants for the rest, and one text
 # parameter "id:token,id:token,..." that costs the server no JSON parsing. Returns the
 # ids written.
+# Batch counters (revision 0011): every row is a running job that succeeds, so what it
+# does to its batch's counters is known (pending -1, succeeded +1, failed -1 if it had
+# failed before), and the statement appends one delta row per batch instead of the
+# trigger's one per job. set_config(..., true) tells the trigger to stay out until this
+# transaction ends, which is this statement's end (the completer's connection is in
+# autocommit). `counted` is volatile, so it is evaluated once, and before the first row
+# is updated: the update's rows are joined with it.
 job_complete_succeeded = """
-UPDATE {schema}.jobs AS job
-SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
-    finished_at = clock_timestamp(), result = NULL
-FROM (SELECT split_part(e, ':', 1)::bigint AS id, split_part(e, ':', 2)::uuid AS token
-      FROM unnest(string_to_array(%(jobs)s::text, ',')) AS e) AS o
-WHERE job.id = o.id AND job.lease_token = o.token
-RETURNING job.id
+WITH counted AS (
+    SELECT set_config('pgjobs_batches.counted_by_statement', 'on', true) AS flag
+),
+done AS (
+    UPDATE {schema}.jobs AS job
+    SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
+        finished_at = clock_timestamp(), result = NULL
+    FROM (SELECT split_part(e, ':', 1)::bigint AS id, split_part(e, ':', 2)::uuid AS token
+          FROM unnest(string_to_array(%(jobs)s::text, ',')) AS e) AS o, counted
+    WHERE job.id = o.id AND job.lease_token = o.token
+    RETURNING job.id, job.batch_id, coalesce((job.meta->>'batch_failed')::boolean, false)
+              AS had_failed
+),
+counts AS (
+    INSERT INTO {schema}.batch_deltas (batch_id, pending, succeeded, failed)
+    SELECT batch_id, -count(*), count(*), -count(*) FILTER (WHERE had_failed)
+    FROM done WHERE batch_id IS NOT NULL
+    GROUP BY batch_id
+)
+SELECT id FROM done
 """
 
 # current_job().transaction(): the same success, through job_complete() (revision 0007),
-# which raises PJ002 when the lease is lost instead of matching no row, so that it can be
-# pipelined with the COMMIT that follows: a lost lease aborts the transaction and the
-# COMMIT rolls the handler's effects back.
+# which raises PJ002 when the lease is lost instead of matching no row: a lost lease
+# aborts the transaction, and the handler's effects roll back with it.
 job_complete_commit = """
 SELECT {schema}.job_complete(%(id)s::bigint, %(token)s::uuid, %(result)s::jsonb)
 """

@@ -88,6 +88,20 @@ WHERE id IN (
 RETURNING id, host, pid, state
 """
 
+# The periodic ledger's rows older than %(keep)s, oldest first (periodic_ticks_recorded_idx).
+# Same lock as job_prune: one pruner at a time. Ledger rows are never updated, so no row
+# lock is needed: two deletes of one row (there are none, under the lock) would be harmless.
+periodic_tick_prune = """
+DELETE FROM {schema}.periodic_ticks
+WHERE id IN (
+    SELECT id FROM {schema}.periodic_ticks
+    WHERE recorded_at < now() - %(keep)s::interval
+      AND (SELECT pg_try_advisory_xact_lock(%(lock)s))
+    ORDER BY recorded_at
+    LIMIT %(limit)s
+)
+"""
+
 # Forgets concurrency keys nobody used for an hour (or for their rate period, if longer:
 # their start times are still needed until then). A key that comes back starts a new row,
 # which the claim recognises by its created_at. SKIP LOCKED: never waits on a claim.

@@ -71,7 +71,7 @@ def measure(bench: Bench, r: int) -> None:
     bench.alternate(r, runs)
 
 
-def _fill(bench: Bench, task: str, n: int, batched: bool) -> None:
+def fill(bench: Bench, task: str, n: int, batched: bool) -> None:
     """``n`` jobs of ``task``, in one batch or in none, through enqueue_many (not measured)."""
     bench.reset()
     names = tables(bench.schema)
@@ -91,7 +91,7 @@ def _fill(bench: Bench, task: str, n: int, batched: bool) -> None:
 def _pgjobs(bench: Bench, r: int, shape: str, batched: bool) -> None:
     cfg = bench.config
     kind, n = KINDS[shape], cfg.batch_jobs
-    _fill(bench, kind, n, batched)
+    fill(bench, kind, n, batched)
     label = "in one batch" if batched else "without a batch"
     bench.step(r, f"batch: {shape} jobs {label}")
     elapsed = bench.drain_processes(kind, cfg.processes, cfg.batch_concurrency, n)

@@ -17,7 +17,8 @@ from .dashboard import dashboard
 from .dev import dev
 from .exporter import exporter
 from .jobs import jobs
-from .queues import periodic, queue
+from .periodic import periodic
+from .queues import queue
 from .roles import roles
 from .status import status
 from .worker import worker

@@ -1,6 +1,6 @@
-"""``pgjobs queue ...`` and ``pgjobs periodic ...``: run-time controls of queues and the
-list of schedules. They write the ``queues`` table only, so they need the database but
-not the application's code; plain SQL does the same (docs/queues.md)."""
+"""``pgjobs queue ...``: run-time controls of queues. They write the ``queues`` table
+only, so they need the database but not the application's code; plain SQL does the same
+(docs/queues.md)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from datetime import timedelta
 import click
 
 from ...core.names import channel_for
-from ...core.schedule import next_tick
-from ...db import periodic as db_periodic
 from ...db import queues as db_queues
 from ...db.queries import Queries
-from .common import Target, connect, queue_name, seconds, table, when
+from .common import Target, connect, queue_name, seconds, table
 
 
 @click.group()
@@ -102,31 +100,3 @@ def queue_limit(obj: Target, name: str, concurrency: int | None, rate: int | Non
         f"queue {name!r}: concurrency {'unlimited' if limit is None else limit}, rate "
         f"{'unlimited' if rate_limit is None else f'{rate_limit} per {seconds(period)}'}"
     )
-
-
-@click.group()
-def periodic() -> None:
-    """Periodic (cron) schedules: declared in code with @app.periodic, enqueued by workers."""
-
-
-@periodic.command("list")
-@click.pass_obj
-def periodic_list(obj: Target) -> None:
-    """Each schedule with its last tick, its next tick and whether it is enabled (a
-    schedule removed from the code is disabled, not deleted)."""
-    with connect(obj) as conn:
-        rows = db_periodic.list_all(Queries(obj.schema)).run(conn)
-    lines = []
-    for r in rows:
-        now, window = r["now"], r["catch_up_window"]
-        upcoming = (next_tick(r["schedule"], r["timezone"], r["last_tick"] or now)
-                    if r["enabled"] else None)
-        nxt = when(upcoming)
-        if upcoming is not None and upcoming <= now:
-            nxt += " (due)"
-        policy = r["catch_up"] if window is None else f"{r['catch_up']} ({seconds(window)})"
-        lines.append([r["name"], r["task"], r["queue"], r["schedule"], r["timezone"], policy,
-                      "yes" if r["enabled"] else "no", when(r["last_tick"]), nxt,
-                      "-" if r["last_job_id"] is None else str(r["last_job_id"])])
-    table(["NAME", "TASK", "QUEUE", "SCHEDULE", "TZ", "CATCH-UP", "ENABLED", "LAST TICK",
-           "NEXT TICK", "LAST JOB"], lines)

@@ -94,8 +94,8 @@ def _show(result: Status, schema: str) -> None:
     if result.periodic:
         click.echo("\nPERIODIC")
         table(["NAME", "SCHEDULE", "TASK", "ENABLED", "LAST TICK", "NEXT TICK"],
-               [[p["name"], p["schedule"], p["task"], "yes" if p["enabled"] else "no (paused)",
-                 when(p["last_tick"]), when(p["next_tick"])] for p in result.periodic])
+               [[p["name"], p["schedule"], p["task"], _enabled(p), when(p["last_tick"]),
+                 when(p["next_tick"])] for p in result.periodic])
     if result.unknown_tasks:
         click.echo("\nUNKNOWN TASKS (jobs of tasks no live worker knows)")
         table(["QUEUE", "TASK", "WAITING", "DEAD", "LAST KNOWN"],
@@ -111,3 +111,9 @@ def _show(result: Status, schema: str) -> None:
         click.echo("OK: no warnings")
     for warning in result.warnings:
         click.echo(f"WARNING [{warning.code}] {warning.message}")
+
+
+def _enabled(schedule: dict[str, Any]) -> str:
+    if not schedule["enabled"]:
+        return "no (gone from the code)"
+    return "yes (paused)" if schedule["paused"] else "yes"

@@ -2,8 +2,14 @@
 
 There is no leader: each tick is claimed by a compare-and-set on the schedule's
 ``periodic`` row in the same transaction as the tick's job insert, so any number of
-workers enqueue each (schedule, tick) exactly once. Tick times come from the database
-clock. A burst worker (drain, then exit) does not run this step.
+workers enqueue each (schedule, tick) exactly once. The same transaction writes the
+ledger (``periodic_ticks``): one row per tick decided, enqueued or passed over, so it is
+exact too. Tick times come from the database clock. A burst worker (drain, then exit)
+does not run this step.
+
+A paused schedule's ticks are decided all the same, and recorded as skipped. An
+operator's run request (``pgjobs periodic run-now``) is taken here too, by compare-and-set
+on the request, and never moves ``last_tick``.
 
 A worker ticks only the schedules whose job goes to a queue it serves (``--queues``): a
 worker of other queues would otherwise keep filling a queue that nobody may serve, and a
@@ -23,6 +29,7 @@ from ...core import failpoints
 from ...core.schedule import TICKS_PER_TRANSACTION, Schedule
 from ...db import periodic
 from ...db.connection import TRANSIENT
+from ...db.periodic import TickEntry
 from ..host import Host
 from .base import AnyAsyncConnection, Step
 
@@ -57,23 +64,26 @@ class PeriodicEnqueuer(Step):
                 if s.task.opts.queue in self.queues}
 
     async def sync(self, conn: AnyAsyncConnection) -> list[str]:
-        """Upsert the code's schedules and disable the rows no longer in the code;
-        returns the names disabled. An app without schedules leaves the table alone."""
+        """Upsert the code's schedules and disable the rows of this app's owner
+        (``periodic_owner``) that are no longer in the code; returns the names disabled.
+        An app without schedules leaves the table alone."""
         schedules = list(self.schedules.values())
         if not schedules:
             self.synced = True
             return []
+        owner = self.app.config.periodic_owner
         async with conn.transaction():
-            await periodic.upsert(self.queries, schedules).arun(conn)
+            await periodic.upsert(self.queries, schedules, owner).arun(conn)
             disabled = await periodic.disable_missing(
-                self.queries, [s.name for s in schedules]).arun(conn)
+                self.queries, [s.name for s in schedules], owner).arun(conn)
         for name in disabled:
             log.warning("periodic schedule %r is no longer in the code: disabled", name)
         self.synced = True
         return disabled
 
     async def step(self, conn: AnyAsyncConnection) -> list[int]:
-        """Enqueue every due tick; returns the ids of the jobs this worker enqueued.
+        """Enqueue every due tick and requested run; returns the ids of the jobs this
+        worker enqueued.
 
         A lost connection propagates (the caller reconnects); any other failure of one
         schedule is logged and leaves the other schedules running.
@@ -90,12 +100,16 @@ class PeriodicEnqueuer(Step):
         except psycopg.errors.IdleInTransactionSessionTimeout as exc:
             raise psycopg.OperationalError(str(exc)) from exc
         enqueued: list[int] = []
-        for name, base, last_tick, now in rows:
-            schedule = ticked.get(name)
+        for row in rows:
+            schedule = ticked.get(row["name"])
             if schedule is None:
                 continue
             try:
-                enqueued += await self.advance(conn, schedule, base, last_tick, now)
+                if row["run_requested_at"] is not None:
+                    enqueued += await self.run_requested(conn, schedule)
+                enqueued += await self.advance(
+                    conn, schedule, row["base"], row["last_tick"], row["now"],
+                    row["paused"], row["resumed_at"])
             except psycopg.errors.IdleInTransactionSessionTimeout as exc:
                 # The server ended this session while it sat in a tick transaction (see
                 # periodic_advance): a lost connection, for whoever runs this step.
@@ -104,41 +118,79 @@ class PeriodicEnqueuer(Step):
                 raise
             except Exception:
                 log.exception("periodic %s: enqueueing its tick failed; trying again in %ss",
-                              name, self.interval)
+                              schedule.name, self.interval)
         return enqueued
 
     async def advance(
         self, conn: AnyAsyncConnection, schedule: Schedule, base: datetime,
-        last_tick: datetime | None, now: datetime,
+        last_tick: datetime | None, now: datetime, paused: bool = False,
+        resumed_at: datetime | None = None,
     ) -> list[int]:
-        """Enqueue ``schedule``'s due ticks, one transaction per chunk of ticks."""
+        """Enqueue ``schedule``'s due ticks and record every tick decided in the ledger,
+        one transaction per chunk of ticks."""
         enqueued: list[int] = []
         while True:
-            ticks, new_last = schedule.due(base, now)
-            if new_last is None:
+            plan = schedule.plan(base, now, paused=paused, resumed_at=resumed_at)
+            if plan.last_tick is None:
                 return enqueued
             async with conn.transaction():
-                won = await periodic.advance(self.queries, schedule.name, new_last,
-                                             last_tick).arun(conn)
+                won = await periodic.advance(self.queries, schedule.name, plan.last_tick,
+                                             last_tick, paused, resumed_at).arun(conn)
                 if not won:
                     return enqueued  # another worker handled this tick
                 failpoints.hit("periodic_after_advance")  # holding the row lock
-                ids, stamps = [], []
-                for tick in ticks:
-                    # The ordinary enqueue statement: unique keys, key limits and
-                    # whatever else enqueue learns apply to tick jobs too.
-                    job = await schedule.task.enqueue_async(conn, **schedule.kwargs)
-                    if not job.duplicate:
-                        ids.append(job.id)
-                        stamps.append(tick.isoformat())
-                await periodic.record(self.queries, schedule.name, ids, stamps,
+                entries = [TickEntry(p.last, p.first, p.outcome, p.reason)
+                           for p in plan.passed]
+                ids = []
+                for due in plan.due:
+                    entry = await self.enqueue(conn, schedule, due.tick, due.reason)
+                    entries.append(entry)
+                    if entry.outcome == "enqueued" and entry.job_id is not None:
+                        ids.append(entry.job_id)
+                await periodic.record(self.queries, schedule.name, entries,
                                       ids[-1] if ids else None).arun(conn)
-            for job_id, stamp in zip(ids, stamps, strict=True):
-                log.info("periodic %s: tick %s enqueued as job %s", schedule.name, stamp, job_id)
+            _log(schedule, entries)
             enqueued += ids
-            if not ticks:
-                log.info("periodic %s: missed tick %s passed over (catch_up=%s)",
-                         schedule.name, new_last.isoformat(), schedule.catch_up)
-            if len(ticks) < TICKS_PER_TRANSACTION:
+            if len(plan.due) < TICKS_PER_TRANSACTION:
                 return enqueued
-            base = last_tick = new_last
+            base = last_tick = plan.last_tick
+
+    async def run_requested(self, conn: AnyAsyncConnection, schedule: Schedule) -> list[int]:
+        """Enqueue the run an operator asked for (``pgjobs periodic run-now``), if this
+        worker takes the request; the schedule's ticks are left as they are."""
+        async with conn.transaction():
+            requested = await periodic.take_run(self.queries, schedule.name).arun(conn)
+            if requested is None:
+                return []  # another worker took it
+            entry = await self.enqueue(conn, schedule, requested, "manual")
+            await periodic.record(self.queries, schedule.name, [entry], None).arun(conn)
+        _log(schedule, [entry])
+        return [entry.job_id] if entry.outcome == "enqueued" and entry.job_id else []
+
+    async def enqueue(self, conn: AnyAsyncConnection, schedule: Schedule, tick: datetime,
+                      reason: str) -> TickEntry:
+        """One job of ``schedule`` for ``tick``, and its ledger entry."""
+        # The ordinary enqueue statement: unique keys, key limits and whatever else
+        # enqueue learns apply to tick jobs too. A duplicate enqueues nothing.
+        job = await schedule.task.enqueue_async(conn, **schedule.kwargs)
+        if job.duplicate:
+            return TickEntry(tick, tick, "skipped", "duplicate", job.id)
+        return TickEntry(tick, tick, "enqueued", reason, job.id)
+
+
+def _log(schedule: Schedule, entries: Iterable[TickEntry]) -> None:
+    for e in entries:
+        if e.outcome == "enqueued":
+            what = "run requested at" if e.reason == "manual" else "tick"
+            log.info("periodic %s: %s %s enqueued as job %s", schedule.name, what,
+                     e.tick.isoformat(), e.job_id)
+        elif e.reason == "duplicate":
+            log.info("periodic %s: tick %s skipped: job %s still holds the unique key",
+                     schedule.name, e.tick.isoformat(), e.job_id)
+        else:
+            # A paused schedule's ticks were asked for: DEBUG, not a line every tick.
+            level = logging.DEBUG if e.reason == "paused" else logging.INFO
+            ticks = (e.tick.isoformat() if e.first_tick == e.tick
+                     else f"{e.first_tick.isoformat()} to {e.tick.isoformat()}")
+            log.log(level, "periodic %s: tick(s) %s %s (%s)", schedule.name, ticks,
+                    e.outcome, e.reason)

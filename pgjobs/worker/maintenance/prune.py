@@ -1,5 +1,6 @@
 """Retention: finished jobs past their state's retention, then batches left empty, then
-rows of workers gone for long, deleted in bounded statements.
+rows of workers gone for long, then old rows of the periodic ledger, deleted in bounded
+statements.
 
 Only the worker holding the per-schema advisory lock deletes at a time; the others find it
 taken and do nothing. A run that hits the limit runs again a second later, so a backlog
@@ -50,10 +51,12 @@ class Pruner(Step):
             queries, timedelta(seconds=longest), limit, lock)
         self.workers = None if policy.workers is None else retention.workers(
             queries, timedelta(seconds=policy.workers), limit)
+        self.ticks = None if policy.periodic_ticks is None else retention.periodic_ticks(
+            queries, timedelta(seconds=policy.periodic_ticks), limit, lock)
 
     async def step(self, conn: AnyAsyncConnection) -> Counter[str]:
         """One bounded pass; returns the rows deleted by kind (job states, batches,
-        workers)."""
+        workers, periodic_ticks)."""
         deleted: Counter[str] = Counter(str(state) for state in await self.jobs.arun(conn))
         if any(n >= self.limit for n in deleted.values()):
             self.again_in(1.0)
@@ -63,6 +66,10 @@ class Pruner(Step):
             for worker_id, host, pid, state in await self.workers.arun(conn):
                 log.info("pruned worker %s (%s pid %s, %s)", worker_id, host, pid, state)
                 deleted["workers"] += 1
+        if self.ticks is not None:
+            deleted["periodic_ticks"] = await self.ticks.arun(conn)
+            if deleted["periodic_ticks"] >= self.limit:
+                self.again_in(1.0)
         deleted = +deleted
         if deleted:
             log.info("pruned %s", ", ".join(f"{n} {kind}" for kind, n in sorted(deleted.items())))
