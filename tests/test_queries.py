@@ -82,7 +82,7 @@ def test_names_are_complete() -> None:
     assert set(texts.CATALOG_NAMES) <= set(statements)
     # Names are entity-first: job_, batch_, ...
     entities = ("job_", "batch_", "enqueue_receipt_", "unique_key_", "limit_key_", "queue_",
-                "worker_", "periodic_", "status_", "schema_")
+                "worker_", "periodic_", "status_", "schema_", "task_")
     assert all(name.startswith(entities) for name in statements), statements.keys()
 
 

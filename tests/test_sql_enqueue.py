@@ -363,6 +363,9 @@ def test_a_trigger_enqueues_and_a_worker_runs_the_job(dsn: str, spawn: Spawner) 
     runs = wait_until(lambda: query(dsn, "SELECT task, args, pid FROM public.registry_runs"),
                       60, "the shipping job to run")
     assert runs == [("registry.ship", {"order_id": order_id, "customer_id": 7}, worker.pid)]
+    # the handler logs its run before it returns; the success is written just after
+    wait_until(lambda: scalar(dsn, "SELECT state FROM pgjobs.jobs") == "succeeded", 30,
+               "the job's success")
     job = query(dsn, "SELECT queue, priority, max_attempts, concurrency_key, "
                      "concurrency_limit, state FROM pgjobs.jobs")
     assert job == [("shipping", -5, 3, "customer:7", 2, "succeeded")]
