@@ -45,7 +45,7 @@ quickstart: install ## The quickstart demo: transactional enqueue and a worker, 
 chaos: install ## The fault-injection suite at full size
 	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos $(PYTEST_ARGS)
 
-failover: install ## Two failovers of a pg_auto_failover cluster under load (about 4 min)
+failover: install ## Two failovers of a pg_auto_failover cluster under load (about 3 min)
 	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos tests/chaos/test_failover.py $(PYTEST_ARGS)
 
 bench: install ## pgjobs bench against minimal SQL on a throwaway durable server

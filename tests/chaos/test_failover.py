@@ -6,7 +6,8 @@ RELIABILITY.md row: "primary killed and a replica promoted by a real HA engine
 (pg_auto_failover or Patroni), twice".
 
 Only at full size (`make chaos`, `make failover`): a failover with pg_auto_failover's
-default timeouts takes about a minute, so the test takes about five; `make test` skips it.
+default timeouts takes about fifty seconds, so the test takes about three minutes;
+`make test` skips it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.workerapps import failover
 
 pytestmark = [
     pytest.mark.chaos, pytest.mark.xdist_group("failover"),
-    pytest.mark.skipif(not FULL, reason="about five minutes (two failovers of about a "
+    pytest.mark.skipif(not FULL, reason="about three minutes (two failovers of about a "
                                         "minute each): runs in `make chaos` and "
                                         "`make failover`, not in `make test`"),
 ]
