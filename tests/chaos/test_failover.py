@@ -32,7 +32,7 @@ import pytest
 from pgjobs.ops import migrate as _migrate
 from tests import hacluster
 from tests.chaos.conftest import _fleet
-from tests.chaos.harness import FULL, Fleet, assert_exactly_once, pause
+from tests.chaos.harness import FULL, Fleet, assert_exactly_once, listeners, pause
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import failover
 
@@ -349,6 +349,7 @@ def test_two_failovers_lose_nothing_repeat_nothing_and_workers_resume_alone(
     parents = {w.pid for w in workers}
     ran = {pid for pid in after_last if pid in parents}
     assert ran == parents, f"workers without a job after the last failover: {parents - ran}"
+    wait_until(lambda: len(listeners(dsn)) == WORKERS, 60, "every worker to LISTEN again")
 
     doubtful = [i for p in producers for i in p.in_doubt()]
     # An id whose COMMIT failed may have been handed out again by the new primary (a
@@ -357,7 +358,9 @@ def test_two_failovers_lose_nothing_repeat_nothing_and_workers_resume_alone(
     print(f"\n{len(stored)} jobs ({len(acked)} acknowledged, {len(batches)} batches, "
           f"{len(ticks)} ticks, {len(outage)} caught up), in doubt: {len(doubtful)} "
           f"({len(found)} ids found), producer errors: "
-          f"{ {p.kind: p.errors for p in producers} }, runs with recoveries: "
-          f"{scalar(dsn, 'SELECT count(*) FROM pgjobs.jobs WHERE recoveries > 0')}")
+          f"{ {p.kind: p.errors for p in producers} }, jobs recovered: "
+          f"{scalar(dsn, 'SELECT count(*) FROM pgjobs.jobs WHERE recoveries > 0')}, "
+          f"jobs that ran more than one attempt: "
+          f"{scalar(dsn, 'SELECT count(*) FROM pgjobs.jobs WHERE attempt > 1')}")
     for i, rnd in enumerate(rounds, 1):
         print(f"failover {i}: {rnd.summary()}")
