@@ -8,14 +8,14 @@ PG15   := /usr/lib/postgresql/15/bin
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test test-pg15 lint demo quickstart chaos bench peers clean
+.PHONY: help install system-deps test test-pg15 lint demo quickstart chaos failover bench peers clean
 
 help: ## Show this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(STAMP) system-deps ## Create .venv with pgjobs (editable) and its dev extra
 
-system-deps: ## Install PgBouncer and Chromium for their tests when missing (as root; says what to do otherwise)
+system-deps: ## Install PgBouncer, Chromium and pg_auto_failover for their tests when missing (as root; says what to do otherwise)
 	@scripts/install-system-deps
 
 $(STAMP): pyproject.toml
@@ -44,6 +44,9 @@ quickstart: install ## The quickstart demo: transactional enqueue and a worker, 
 
 chaos: install ## The fault-injection suite at full size
 	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos $(PYTEST_ARGS)
+
+failover: install ## Two failovers of a pg_auto_failover cluster under load (about 3 min)
+	PGJOBS_CHAOS_SCALE=full $(BIN)/pytest -m chaos tests/chaos/test_failover.py $(PYTEST_ARGS)
 
 bench: install ## pgjobs bench against minimal SQL on a throwaway durable server
 	$(BIN)/pgjobs bench --embedded $(BENCH_ARGS)

@@ -148,6 +148,14 @@ def assert_exactly_once(dsn: str, ids: list[int]) -> None:
     assert not wrong, f"jobs without exactly one effect (job id: effects): {wrong}"
 
 
+def listeners(dsn: str) -> list[tuple[int, object]]:
+    """Backends of pgjobs workers that are LISTENing, with their start times."""
+    rows = query(dsn, "SELECT pid, backend_start FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND application_name = 'pgjobs-listen' "
+                      "AND query LIKE 'LISTEN %%'")
+    return [(int(pid), start) for pid, start in rows]
+
+
 def never_ran_after_finishing(dsn: str) -> list[tuple[Any, ...]]:
     """Executions that started after their job had finished (must be none)."""
     return query(dsn, """

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.chaos.conftest import PrivateServer
-from tests.chaos.harness import Fleet, assert_exactly_once, pause, scale, states
+from tests.chaos.harness import Fleet, assert_exactly_once, listeners, pause, scale, states
 from tests.helpers import query, scalar, wait_until
 from tests.workerapps import chaos
 
@@ -29,14 +29,6 @@ def accepting(dsn: str) -> bool:
             return True
     except psycopg.OperationalError:
         return False
-
-
-def listeners(dsn: str) -> list[tuple[int, object]]:
-    """Backends of pgjobs workers that are LISTENing, with their start times."""
-    rows = query(dsn, "SELECT pid, backend_start FROM pg_stat_activity "
-                      "WHERE datname = current_database() AND application_name = 'pgjobs-listen' "
-                      "AND query LIKE 'LISTEN %%'")
-    return [(int(pid), start) for pid, start in rows]
 
 
 class Enqueuer(threading.Thread):
