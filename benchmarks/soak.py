@@ -11,9 +11,10 @@ deletes finished jobs and batches all through the run. Every ``--every`` seconds
 samples each pgjobs table's live and dead tuples and sizes (heap, indexes, total), the
 backlog, the rates enqueued and finished, and the RSS of the supervisor and each worker
 process; it writes them to OUT.json, draws OUT-sizes.svg, OUT-dead.svg, OUT-rss.svg and
-OUT-rate.svg (benchmarks/charts.py), and prints, for each figure, the median of the first
-and of the last third of the samples after ``--warmup`` and the least-squares slope per
-hour: "flat" is a number.
+OUT-rate.svg (benchmarks/charts.py), and prints, for each figure, the median and the
+highest value of the first and of the last third of the samples after ``--warmup``, and
+the least-squares slope per hour: "flat" is a number. ``--from-json OUT.json`` does that
+again for a finished run (``--markdown``: the table for docs/operations.md).
 
 Starts a throwaway PostgreSQL (the embedded wheel, default durability) unless ``--dsn``
 names a database; migrates the schema ``pgjobs`` in it. Also the worker app
@@ -196,16 +197,17 @@ def series(samples: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[floa
 
 
 def summarise(points: list[tuple[float, float]], warmup: float) -> dict[str, float]:
-    """Median of the first and the last third (after the warm-up), and the slope per hour."""
+    """Median and highest value of the first and the last third (after the warm-up), and
+    the slope per hour."""
     kept = [p for p in points if p[0] * 60 >= warmup]
     if len(kept) < 3:
         kept = points
     third = max(1, len(kept) // 3)
-    first = statistics.median(y for _, y in kept[:third])
-    last = statistics.median(y for _, y in kept[-third:])
+    first, last = [y for _, y in kept[:third]], [y for _, y in kept[-third:]]
     xs, ys = [x / 60 for x, _ in kept], [y for _, y in kept]
     slope = statistics.linear_regression(xs, ys).slope if len(set(xs)) > 1 else 0.0
-    return {"first": first, "last": last, "slope_per_hour": slope}
+    return {"first": statistics.median(first), "last": statistics.median(last),
+            "first_max": max(first), "last_max": max(last), "slope_per_hour": slope}
 
 
 # Changes below these are flat whatever the ratio: a table of a few pages, a few hundred
@@ -214,10 +216,14 @@ NOISE = {"sizes": 0.5, "indexes": 0.5, "dead": 1000, "rss": 1.0, "rate": 5.0}
 
 
 def flat(chart: str, stats: dict[str, float], tolerance: float) -> bool:
-    """The last third's median within ``tolerance`` of the first's, or within the noise."""
-    change = abs(stats["last"] - stats["first"])
-    return change <= tolerance * max(abs(stats["first"]), abs(stats["last"])) or (
-        change <= NOISE[chart])
+    """The last third's median within ``tolerance`` of the first's, or within the noise.
+    Dead tuples are a sawtooth (pruned once a minute, vacuumed soon after) that samples
+    every 30 s catch at either end, so a third's median is either end's: their highest
+    values are compared instead."""
+    first, last = ((stats["first_max"], stats["last_max"]) if chart == "dead"
+                   else (stats["first"], stats["last"]))
+    change = abs(last - first)
+    return change <= tolerance * max(abs(first), abs(last)) or change <= NOISE[chart]
 
 
 def start_workers(dsn: str, args: argparse.Namespace, log: Any) -> subprocess.Popen[bytes]:
@@ -280,7 +286,8 @@ CHARTS = {"sizes": ("Size of pgjobs' tables and indexes", "MB"),
           "rate": ("Jobs per second, and the backlog", "jobs/s; backlog: jobs")}
 
 
-def report(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def report(samples: list[dict[str, Any]], args: argparse.Namespace,
+           machine: dict[str, Any] | None = None) -> dict[str, Any]:
     figures = series(samples)
     summary: dict[str, Any] = {}
     for chart, lines in figures.items():
@@ -294,8 +301,9 @@ def report(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
                  for name, s in summary[chart].items()}
         out.with_name(f"{out.name}-{chart}.svg").write_text(
             lines_svg(title, figures[chart], unit, notes=notes))
-    result = {"args": vars(args), "machine": {"cpus": os.cpu_count(),
-                                               "load": os.getloadavg()},
+    machine = machine or {"cpus": os.cpu_count(), "load": os.getloadavg()}
+    result = {"args": {k: v for k, v in vars(args).items()
+                       if k not in ("dsn", "from_json", "markdown")}, "machine": machine,
               "summary": summary, "samples": samples}
     out.with_name(f"{out.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -308,15 +316,32 @@ def fmt(value: float) -> str:
 
 
 def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    """The summary as a table, or with ``--markdown`` as a Markdown table (for the docs)."""
+    units = {"sizes": "MB", "indexes": "MB", "dead": "rows", "rss": "MB", "rate": "jobs/s"}
     print(f"\nafter a warm-up of {args.warmup:g} s: median of the first and the last third, "
-          f"least-squares slope per hour; flat = last within {args.tolerance:.0%} of first")
-    print(f"{'figure':<40} {'first':>10} {'last':>10} {'slope/h':>10}  ")
+          f"least-squares slope per hour; flat: the last third within {args.tolerance:.0%} "
+          "of the first (dead tuples: their highest values), or within the noise ("
+          + ", ".join(f"{k} {v:g}" for k, v in NOISE.items()) + ")")
+    if args.markdown:
+        print("\n| figure | unit | first third | last third | slope per hour "
+              "| highest, first / last third | |\n|---|---|---|---|---|---|---|")
+    else:
+        print(f"{'figure':<44} {'first':>10} {'last':>10} {'slope/h':>10} "
+              f"{'highest':>21}")
     for chart, lines in summary.items():
         for name, s in lines.items():
             verdict = "flat" if flat(chart, s, args.tolerance) else (
-                "GROWS" if s["last"] > s["first"] else "falls")
-            print(f"{chart + ': ' + name:<40} {fmt(s['first']):>10} {fmt(s['last']):>10} "
-                  f"{fmt(s['slope_per_hour']):>10}  {verdict}")
+                "GROWS" if s["last"] + s["last_max"] > s["first"] + s["first_max"]
+                else "falls")
+            unit = "jobs" if name.startswith("backlog") else units[chart]
+            cells = [f"{chart}: {name}", unit, fmt(s["first"]), fmt(s["last"]),
+                     fmt(s["slope_per_hour"]), f"{fmt(s['first_max'])} / {fmt(s['last_max'])}",
+                     verdict]
+            if args.markdown:
+                print("| " + " | ".join(cells) + " |")
+            else:
+                print(f"{cells[0]:<44} {cells[2]:>10} {cells[3]:>10} {cells[4]:>10} "
+                      f"{cells[5]:>21}  {verdict}")
 
 
 def main() -> None:
@@ -338,11 +363,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "soak"),
                         help="Write OUT.json and OUT-{sizes,dead,rss,rate}.svg.")
     parser.add_argument("--worker-log", default="soak-workers.log")
+    parser.add_argument("--markdown", action="store_true",
+                        help="Print the summary as a Markdown table.")
     parser.add_argument("--from-json", metavar="PATH",
                         help="Run nothing: summarise and draw the samples of an OUT.json.")
     args = parser.parse_args()
-    if args.from_json:
-        result = report(json.loads(Path(args.from_json).read_text())["samples"], args)
+    if args.from_json:  # the run's own settings, but this summary's
+        saved = json.loads(Path(args.from_json).read_text())
+        summary_args = ("warmup", "tolerance", "out", "from_json", "markdown")
+        args = argparse.Namespace(**{**saved["args"], **{
+            k: v for k, v in vars(args).items() if k in summary_args}})
+        result = report(saved["samples"], args, saved["machine"])
         print_summary(result["summary"], args)
         return
     args.worker_log = str(Path(args.worker_log).resolve())
