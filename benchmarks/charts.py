@@ -1,4 +1,5 @@
-"""SVG charts of a peers.py run: jobs/s by scenario, and latency percentiles.
+"""SVG charts of a peers.py run: jobs/s by scenario, and latency percentiles (and the
+line charts of other benchmarks, such as soak.py: ``lines_svg``).
 
     .venv/bin/python benchmarks/charts.py docs/benchmarks-peers.json --out docs/benchmarks
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 COLOURS = {"minimal": "#9e9e9e", "pgjobs": "#2b7bb9", "pgqueuer": "#e08a2c",
            "procrastinate": "#5aa05a"}
 OTHER = "#8e6bb8"
+PALETTE = ["#2b7bb9", "#e08a2c", "#5aa05a", "#8e6bb8", "#c0504d", "#9e9e9e"]
 TEXT = "#707070"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"'
 THROUGHPUT = [
@@ -134,14 +137,51 @@ def latency_svg(report: dict[str, Any]) -> str:
 
 
 def ticks(top: float) -> list[float]:
-    """About five round tick values from 0 to ``top``."""
-    raw = top / 5
-    step = 1.0
-    for candidate in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100):
-        step = candidate
-        if candidate >= raw:
-            break
-    return [step * k for k in range(int(top / step) + 1)]
+    """About five round tick values from 0 to ``top`` (steps of 1, 2, 2.5 or 5 times a
+    power of ten)."""
+    raw = top / 5 if top > 0 else 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(power * m for m in (1, 2, 2.5, 5, 10) if power * m >= raw * (1 - 1e-9))
+    return [step * k for k in range(int(top / step + 1e-9) + 1)]
+
+
+def lines_svg(title: str, series: dict[str, list[tuple[float, float]]], unit: str,
+              x_label: str = "minutes", notes: dict[str, str] | None = None) -> str:
+    """One panel of lines, one per series of (x, y) points, on a y axis from zero, with a
+    legend that gives each series its colour and its note (e.g. first -> last)."""
+    width, height = 760, 360
+    left, right, top_pad, bottom = 70, 20, 48 + 18 * len(series), 320
+    height += 18 * len(series)
+    bottom += 18 * len(series)
+    points = [p for values in series.values() for p in values]
+    x_top = max((x for x, _ in points), default=1.0) or 1.0
+    y_top = max((y for _, y in points), default=1.0) * 1.1 or 1.0
+    plot_w, plot_h = width - left - right, bottom - top_pad
+    sx, sy = plot_w / x_top, plot_h / y_top
+    body: list[str] = [text(16, 24, title, 16, weight="600")]
+    for i, label in enumerate(series):
+        y = 46 + 18 * i
+        fill = PALETTE[i % len(PALETTE)]
+        body.append(f'<rect x="16" y="{y - 10}" width="12" height="12" fill="{fill}"/>')
+        note = (notes or {}).get(label)
+        body.append(text(33, y, f"{label}  {note}" if note else label))
+    for tick in ticks(y_top):
+        y = bottom - tick * sy
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
+                    f'stroke="{TEXT}" stroke-opacity="0.25" stroke-width="1"/>')
+        body.append(text(left - 6, y + 4, f"{tick:,g}", 11, anchor="end"))
+    for tick in ticks(x_top):
+        x = left + tick * sx
+        body.append(text(x, bottom + 16, f"{tick:g}", 11, anchor="middle"))
+    body.append(text(left + plot_w / 2, bottom + 34, x_label, 12, anchor="middle"))
+    body.append(text(16, top_pad - 6, unit, 11))
+    body.append(f'<line x1="{left}" y1="{bottom}" x2="{width - right}" y2="{bottom}" '
+                f'stroke="{TEXT}" stroke-width="1"/>')
+    for i, values in enumerate(series.values()):
+        path = " ".join(f"{left + x * sx:.1f},{bottom - y * sy:.1f}" for x, y in values)
+        body.append(f'<polyline points="{path}" fill="none" '
+                    f'stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.5"/>')
+    return svg(width, height + 10, body)
 
 
 def svg(width: float, height: float, body: list[str]) -> str:

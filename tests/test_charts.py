@@ -1,5 +1,5 @@
 """benchmarks/charts.py draws well-formed SVG from a peers.py report, with every
-system's value and its ratio to the ceiling."""
+system's value and its ratio to the ceiling, and line charts (benchmarks/soak.py's)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,21 @@ def test_charts_show_each_value_and_the_ratio_to_the_ceiling(tmp_path: Path) -> 
     latency = texts(tmp_path / "peers-latency.svg")
     assert {"p50", "p90", "p99"} <= set(latency)
     assert {"1.20", "2.90", "9.40"} <= set(latency)
+
+
+def test_a_line_chart_has_a_line_per_series_its_notes_and_round_ticks() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from charts import lines_svg, ticks
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert ticks(55_000) == [0, 20_000, 40_000]
+    assert ticks(1.0) == [0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+    series = {"jobs heap": [(0.0, 1.0), (30.0, 14.5), (60.0, 14.8)],
+              "jobs indexes": [(0.0, 0.5), (30.0, 3.1), (60.0, 3.2)]}
+    root = ET.fromstring(lines_svg("Sizes", series, "MB",
+                                   notes={"jobs heap": "14.5 -> 14.8"}))
+    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2 and len(lines[0].get("points", "").split()) == 3
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert {"Sizes", "jobs heap  14.5 -> 14.8", "jobs indexes", "MB", "minutes"} <= set(labels)
