@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pgjobs.worker.lifecycle import unknown_task_delay
 from tests.helpers import harness_database, query, scalar, wait_until
 from tests.workerapps import registry
 from tests.workerprocs import Spawner, spawner, wait_for_running
@@ -83,3 +84,15 @@ def test_a_task_no_worker_ever_knew_dies_after_the_grace(dsn: str, spawn: Spawne
     (why,) = query(dsn, "SELECT cause, reason FROM pgjobs.why(%s)", job_id)
     assert why[0] == "dead" and "registry.new_task" in why[1]
     assert "does not have registered" in old.log()
+
+
+@pytest.mark.parametrize(("grace", "poll", "delay"), [
+    (None, 1.0, 5.1),      # the default: 5 s, just past this worker's fifth poll
+    (3600.0, 0.2, 5.02),
+    (2.0, 1.0, 1.1),       # a quarter of the grace, but never before this worker's next poll
+    (12.0, 1.0, 3.1),
+    (2.0, 0.0, 0.5),       # no polling to align with
+])
+def test_a_handed_back_job_is_due_just_after_this_workers_own_poll(
+        grace: float | None, poll: float, delay: float) -> None:
+    assert unknown_task_delay(grace, poll) == pytest.approx(delay)

@@ -50,8 +50,8 @@ log = logging.getLogger("pgjobs.worker")
 T = TypeVar("T")
 
 UNKNOWN_TASK_DELAY = 5.0
-"""Seconds a job of a task this worker lacks waits before it is due again (at most): a
-worker that has the task, polling every second, usually claims it first."""
+"""Seconds a job of a task this worker lacks waits before it is due again (about, and at
+most, before the rounding of :func:`unknown_task_delay`)."""
 
 
 class Worker:
@@ -86,7 +86,8 @@ class Worker:
                                       config.recovery_budget)
         grace = config.unknown_task_grace_seconds
         self.executor = Executor(app.tasks, threads=config.concurrency, hooks=app.hooks,
-                                 unknown_task_delay=unknown_task_delay(grace))
+                                 unknown_task_delay=unknown_task_delay(
+                                     grace, config.poll_interval))
         self.completer = Completer(self.dbs["complete"], queries, self._written,
                                    unknown_task_grace=grace)
         self.pools = TransactionPools(dsn, config.concurrency, app.config.prepare_threshold)
@@ -272,11 +273,22 @@ class Worker:
             log.warning("could not record worker state %s: %s", state, exc)
 
 
-def unknown_task_delay(grace: float | None) -> float:
-    """Seconds before a job of a task this worker lacks is due again: long enough for a
-    worker that has it to claim it first, and a fraction of the grace, so that a job
-    nobody can run ends soon after its grace."""
-    return UNKNOWN_TASK_DELAY if grace is None else min(UNKNOWN_TASK_DELAY, grace / 4)
+def unknown_task_delay(grace: float | None, poll_interval: float) -> float:
+    """Seconds before a job of a task this worker lacks is due again: about a fraction of
+    the grace (at most UNKNOWN_TASK_DELAY), so that a job nobody can run ends soon after
+    its grace, rounded to a whole number of this worker's poll intervals plus a tenth.
+
+    The job is claimed by whichever worker polls first once it is due. This worker
+    claimed it at one of its polls and hands it back a moment later, so a delay of whole
+    poll intervals (plus a little) makes it due just after this worker's own poll: any
+    other worker then has most of a poll interval to claim it first. A delay that ended
+    just before this worker's next poll instead gave it back to this worker every time,
+    and a worker that has the task, polling at the same rate, could wait for ever (seen
+    with a grace of 2 s: a delay of 0.5 s and polls every second)."""
+    wanted = UNKNOWN_TASK_DELAY if grace is None else min(UNKNOWN_TASK_DELAY, grace / 4)
+    if poll_interval <= 0:
+        return wanted
+    return max(1, round(wanted / poll_interval)) * poll_interval + poll_interval / 10
 
 
 def _lenient_json(conn: Any) -> None:
