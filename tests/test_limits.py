@@ -22,7 +22,7 @@ from pgjobs.testing import drain
 from pgjobs.worker import routing
 from tests.helpers import job_state, query, scalar, wait_until
 from tests.workerapps import limits
-from tests.workerprocs import Spawner, spawner
+from tests.workerprocs import Spawner, spawner, wait_for_running
 
 pytestmark = pytest.mark.xdist_group("limits")
 
@@ -243,14 +243,17 @@ def most_starts_in_a_window(dsn: str, where: str, window: str) -> int:
 def test_limits_hold_across_four_worker_processes(dsn: str, spawn: Spawner) -> None:
     pgjobs_cli(dsn, "queue", "limit", "limited", "--concurrency", "3")
     pgjobs_cli(dsn, "queue", "limit", "rated", "--rate", "5", "--per", "1")
+    workers = [spawn("--concurrency", "4", "--poll-interval", "0.05", app=LIMITS_APP)
+               for _ in range(4)]
+    # All four running before the jobs go in: a worker that took longer to start on a
+    # busy machine found every job already taken (a CI run saw 3 of 4 processes run jobs).
+    wait_for_running(dsn, 4, "the four workers")
     enqueue_many(dsn, limits.held, [{"seconds": 0.25}] * 24)
     enqueue_many(dsn, limits.per_customer,
                  [{"customer_id": c, "seconds": 0.2} for c in (1, 2, 3) for _ in range(8)])
     enqueue_many(dsn, limits.rated, [{}] * 15)
     enqueue_many(dsn, limits.key_rated, [{"account": "a"}] * 9)
     total = scalar(dsn, "SELECT count(*) FROM pgjobs.jobs")
-    workers = [spawn("--concurrency", "4", "--poll-interval", "0.05", app=LIMITS_APP)
-               for _ in range(4)]
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgjobs.jobs WHERE state = "
                                    "'succeeded'") == total, 120, "every job to succeed")
     for worker in workers:
