@@ -248,8 +248,8 @@ class App:
         """Task ``name``'s definition in the registry the workers fill (None: no worker
         registered it), read on ``conn`` (None: the pool) and kept DEFINITION_TTL
         seconds."""
-        cached = self._definitions.get(name)
-        if cached is not None and time.monotonic() - cached[1] < DEFINITION_TTL:
+        cached = self._cached_definition(name)
+        if cached is not None:
             return cached[0]
         query = workers.definition(self.queries, name)
         try:
@@ -266,11 +266,19 @@ class App:
         self._definitions[name] = (found, time.monotonic())
         return found
 
+    def _cached_definition(self, name: str) -> tuple[Mapping[str, Any] | None] | None:
+        """Task ``name``'s registry definition read less than DEFINITION_TTL seconds ago,
+        in a 1-tuple (its value may be None: no worker registered it), or None."""
+        cached = self._definitions.get(name)
+        if cached is not None and time.monotonic() - cached[1] < DEFINITION_TTL:
+            return (cached[0],)
+        return None
+
     async def _adefinition(self, aconn: AnyAsyncConnection | None, name: str
                            ) -> Mapping[str, Any] | None:
         """:meth:`_definition` on an async connection (None: the async pool)."""
-        cached = self._definitions.get(name)
-        if cached is not None and time.monotonic() - cached[1] < DEFINITION_TTL:
+        cached = self._cached_definition(name)
+        if cached is not None:
             return cached[0]
         query = workers.definition(self.queries, name)
         try:
